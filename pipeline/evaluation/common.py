@@ -1,0 +1,75 @@
+"""Input checks and small helpers shared by the evaluation modules.
+
+Everything here works on frozen embeddings held as numpy arrays: features ``x`` shaped
+(N, D) float, labels shaped (N,) int.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` means the first GPU when one is present, otherwise the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_features(x: np.ndarray, name: str) -> np.ndarray:
+    """Return ``x`` as a finite float64 (N, D) array or raise naming the offending input."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, D) feature array; got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers; got dtype {x.dtype}")
+    x = x.astype(np.float64, copy=False)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise ValueError(f"{name} has {bad} row(s) with NaN or inf values")
+    return x
+
+
+def check_labels(y: np.ndarray, n: int, name: str) -> np.ndarray:
+    """Return ``y`` as an int64 (n,) array or raise naming the offending input."""
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match its features; got {y.shape}")
+    if y.dtype.kind not in "iub":
+        if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            return y.astype(np.int64)
+        raise ValueError(f"{name} must hold integer labels; got dtype {y.dtype}")
+    return y.astype(np.int64, copy=False)
+
+
+def check_split(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one (features, labels) pair; ``name`` prefixes the error messages."""
+    x = check_features(x, f"{name}_x")
+    if len(x) == 0:
+        raise ValueError(f"{name}_x is empty; need at least one point")
+    return x, check_labels(y, len(x), f"{name}_y")
+
+
+def standardise(
+    train_x: np.ndarray, *others: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Z-score every array with the mean and standard deviation of ``train_x`` only.
+
+    Constant training dimensions keep scale 1 so they map to 0 rather than to NaN.
+    """
+    mean = train_x.mean(axis=0)
+    std = train_x.std(axis=0)
+    std = np.where(std > 1e-12 * max(1.0, float(np.abs(train_x).max(initial=0.0))), std, 1.0)
+    return tuple((a - mean) / std for a in (train_x, *others))
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy as a fraction in [0, 1]."""
+    return float(np.mean(pred == y))
+
+
+def encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Map labels to indices into the sorted ``classes``; labels not in ``classes`` become -1."""
+    idx = np.searchsorted(classes, y).clip(0, len(classes) - 1)
+    return np.where(classes[idx] == y, idx, -1)

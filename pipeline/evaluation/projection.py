@@ -1,0 +1,87 @@
+"""2-D pictures of embeddings: PCA or t-SNE, coloured by a label, saved as a PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+
+from pipeline.evaluation.common import check_features, check_labels
+
+METHODS = ("pca", "tsne")
+
+
+def project_2d(x: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """(N, D) embeddings -> (N, 2) coordinates by PCA or t-SNE (PCA initialisation)."""
+    x = check_features(x, "x")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if len(x) < 3:
+        raise ValueError(f"a 2-D projection needs at least 3 points; got {len(x)}")
+    if method == "pca":
+        coords = PCA(n_components=min(2, x.shape[1]), random_state=seed).fit_transform(x)
+        return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))  # 1-D input: y = 0
+    perplexity = min(30.0, (len(x) - 1) / 3)  # t-SNE requires perplexity < N
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(x)
+
+
+def plot_projection(
+    x: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    *,
+    method: str = "pca",
+    max_points: int = 500,
+    seed: int = 0,
+    title: str | None = None,
+    label_names: Sequence[str] | None = None,
+) -> Path:
+    """Scatter a 2-D projection of (N, D) embeddings coloured by (N,) labels; return the PNG path.
+
+    At most ``max_points`` points are drawn (a seeded subsample, also fed to the projection).
+    Up to 20 distinct labels get a categorical palette and a legend (entries
+    ``label_names[label]``, indexed by label value, when given); more get a continuous map.
+    """
+    x = check_features(x, "x")
+    labels = check_labels(labels, len(x), "labels")
+    if label_names is not None and (labels.min() < 0 or labels.max() >= len(label_names)):
+        raise ValueError(
+            f"label_names has {len(label_names)} entries but labels span "
+            f"[{labels.min()}, {labels.max()}]; names are indexed by label value"
+        )
+    if len(x) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(x), max_points, replace=False))
+        x, labels = x[keep], labels[keep]
+    coords = project_2d(x, method=method, seed=seed)
+
+    fig = Figure(figsize=(5, 5), dpi=120)
+    FigureCanvasAgg(fig)  # attaches a non-interactive canvas: no global backend switch
+    ax = fig.add_subplot()
+    values = np.unique(labels)
+    if len(values) <= 20:
+        cmap = matplotlib.colormaps["tab10" if len(values) <= 10 else "tab20"]
+        for i, value in enumerate(values):
+            mask = labels == value
+            name = label_names[value] if label_names is not None else str(value)
+            ax.scatter(*coords[mask].T, s=8, color=cmap(i), label=name, alpha=0.8, linewidths=0)
+        ax.legend(fontsize=7, markerscale=2, loc="best", frameon=False)
+    else:
+        points = ax.scatter(*coords.T, s=8, c=labels, cmap="turbo", alpha=0.8, linewidths=0)
+        fig.colorbar(points, ax=ax, fraction=0.046)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    default_title = f"{'PCA' if method == 'pca' else 't-SNE'} of {len(x)} embeddings"
+    ax.set_title(title or default_title, fontsize=9)
+    fig.tight_layout()
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,58 @@
+"""The metrics of one embedding file, by task: what the evaluate stage writes (percentages)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from pipeline.config import EvaluateParams
+from pipeline.data.records import COARSE_TO_FINE
+from pipeline.evaluation.probes import knn_accuracy, linear_probe, reference_head_probe
+
+
+def _split(arrays: Mapping[str, np.ndarray], label: str) -> list[np.ndarray]:
+    """[train_x, train_y, val_x, val_y, test_x, test_y] for one label role."""
+    return [arrays[f"{s}_{k}"] for s in ("train", "val", "test") for k in ("x", label)]
+
+
+def coarse_to_fine_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParams) -> dict[str, float]:
+    """Fine-label probes and kNN on frozen embeddings, plus a coarse probe as a sanity check.
+
+    Two fine-label linear probes, because they answer different questions:
+    ``fine_head_acc`` is the paper's protocol (a linear head on raw embeddings, AdamW, fixed
+    epochs): the number of METHOD.md section 6. ``fine_probe_acc`` is a logistic regression on
+    standardised embeddings fitted to convergence with C chosen on validation: the most
+    information any linear read-out can recover, which can survive even a strong collapse.
+    Accuracies are percentages.
+    """
+    head = opts.head
+    fine_head = reference_head_probe(*_split(arrays, "fine"), epochs=head.epochs, lr=head.lr,
+                                     weight_decay=head.weight_decay, batch_size=head.batch_size)
+    fine = linear_probe(*_split(arrays, "fine"), cs=opts.probe_cs)
+    coarse = linear_probe(*_split(arrays, "coarse"), cs=opts.probe_cs)
+    tr_x, tr_y, _, _, te_x, te_y = _split(arrays, "fine")
+    metrics = {
+        "fine_head_acc": 100.0 * fine_head.test_accuracy,
+        "fine_head_val_acc": 100.0 * fine_head.val_accuracy,
+        "fine_probe_acc": 100.0 * fine.test_accuracy,
+        "fine_probe_val_acc": 100.0 * fine.val_accuracy,
+        "fine_probe_c": fine.best_c,
+        "fine_knn_acc": 100.0 * knn_accuracy(tr_x, tr_y, te_x, te_y, k=opts.knn_k),
+        "coarse_probe_acc": 100.0 * coarse.test_accuracy,
+    }
+    # Fine accuracy inside each coarse class: where the sub-class structure was lost.
+    test_coarse = arrays["test_coarse"]
+    for c in np.unique(test_coarse):
+        inside = test_coarse == c
+        for name, result in (("head", fine_head), ("probe", fine)):
+            metrics[f"fine_{name}_acc_coarse{int(c)}"] = 100.0 * float(
+                np.mean(result.test_predictions[inside] == te_y[inside]))
+    return metrics
+
+
+def evaluate_embeddings(arrays: Mapping[str, np.ndarray], task: str, opts: EvaluateParams) -> dict[str, float]:
+    """All metrics of one (dataset, method, seed) embedding file for its task."""
+    if task == COARSE_TO_FINE:
+        return coarse_to_fine_metrics(arrays, opts)
+    raise ValueError(f"no evaluation defined for task {task!r}")

@@ -1,0 +1,85 @@
+"""Atomic, deterministic output files.
+
+Every stage output is written to a temporary file in the same folder and then
+renamed over the final name, so an interrupted stage never leaves a partial
+file that looks complete. Array files are written byte-for-byte
+deterministically (fixed zip timestamps), so re-running a stage with the same
+inputs gives the same hash and DVC skips everything downstream.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest timestamp a zip entry can hold
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: expected output of an earlier stage; run `dvc repro`") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); delete it and rerun its stage") from None
+
+
+def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """An ``.npz`` readable by ``np.load``, with identical bytes for identical arrays."""
+
+    def write(f: IO[bytes]) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name in sorted(arrays):
+                buf = io.BytesIO()
+                array = np.asarray(arrays[name])
+                # (not np.ascontiguousarray: it turns a 0-d array into a 1-d one)
+                np.lib.format.write_array(buf, array.copy(order="C"), allow_pickle=False)
+                zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH), buf.getvalue())
+
+    return atomic_write(path, write)
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` written by :func:`save_arrays` (no pickles)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: expected output of an earlier stage; run `dvc repro`") from None
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        raise ValueError(f"{path}: not a readable array file ({err}); delete it and rerun its stage") from None

@@ -1,0 +1,112 @@
+"""params.yaml validation: every mistake fails before any work, naming the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, repo_params, write_params
+from pipeline.config import ParamsError, load_params, validate
+
+
+def test_repository_params_are_valid() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.method_names[:2] == ["ce", "simclr"]
+    assert params.methods.concat["thanos"] == ["supcon_cnce", "ce_ae"]
+    assert params.methods.trained["supcon_cnce"].active() == {"ce": 1.0, "supcon": 0.5, "cnce": 0.5}
+
+
+def _error(mutate) -> str:
+    p = repo_params()
+    mutate(p)
+    with pytest.raises(ParamsError) as info:
+        validate(p)
+    return str(info.value)
+
+
+def test_unknown_key_names_path_and_suggests() -> None:
+    msg = _error(lambda p: p["train"].update(temperture=0.1))
+    assert "train.temperture: unknown key (did you mean 'temperature'?)" in msg
+    assert "allowed keys:" in msg
+
+
+def test_unknown_top_level_key() -> None:
+    assert "methds: unknown key (did you mean 'methods'?)" in _error(lambda p: p.update(methds={}))
+
+
+def test_negative_weight() -> None:
+    msg = _error(lambda p: p["methods"]["trained"]["supcon"].update(cnce=-0.5))
+    assert "methods.trained.supcon.cnce: -0.5 must be >= 0.0" in msg
+
+
+def test_missing_weight_key_and_null_weight() -> None:
+    msg = _error(lambda p: p["methods"]["trained"]["supcon"].pop("recon"))
+    assert "methods.trained.supcon.recon: required key is missing" in msg
+    msg = _error(lambda p: p["methods"]["trained"]["supcon"].update(recon=None))
+    assert "methods.trained.supcon.recon: missing value" in msg
+
+
+def test_all_zero_weights() -> None:
+    zero = {"ce": 0.0, "supcon": 0.0, "cnce": 0.0, "simclr": 0.0, "recon": 0.0}
+    msg = _error(lambda p: p["methods"]["trained"].update(nothing=zero))
+    assert "methods.trained.nothing: every weight is 0" in msg
+
+
+def test_concat_of_unknown_method() -> None:
+    msg = _error(lambda p: p["methods"]["concat"].update(bad=["supcon_cnse", "ce_ae"]))
+    assert "methods.concat.bad[0]: 'supcon_cnse' is not a trained method (did you mean 'supcon_cnce'?)" in msg
+
+
+def test_concat_name_clash_and_too_short() -> None:
+    assert "also defined under methods.trained" in _error(
+        lambda p: p["methods"]["concat"].update(supcon=["ce", "ce_ae"]))
+    assert "needs at least 2 methods" in _error(lambda p: p["methods"]["concat"].update(one=["ce"]))
+
+
+def test_wrong_types_and_ranges() -> None:
+    assert "train.temperature: 0.0 must be > 0.0" in _error(lambda p: p["train"].update(temperature=0))
+    assert "train.symmetric: expected true or false" in _error(lambda p: p["train"].update(symmetric="yes"))
+    assert "datasets.digits.recipe.epochs: expected an integer" in _error(
+        lambda p: p["datasets"]["digits"]["recipe"].update(epochs=1.5))
+    assert "'resnet19' is not allowed (did you mean 'resnet18'?)" in _error(
+        lambda p: p["datasets"]["digits"]["recipe"].update(backbone="resnet19"))
+    assert "train.precision: 'fp16' is not allowed" in _error(lambda p: p["train"].update(precision="fp16"))
+
+
+def test_suite_refers_to_undefined_dataset() -> None:
+    msg = _error(lambda p: p["suite"].update(datasets=["digit"]))
+    assert "suite.datasets[0]: 'digit' is not defined under datasets (did you mean 'digits'?)" in msg
+
+
+def test_report_baseline_must_be_a_method() -> None:
+    assert "report.baseline: 'supcn' is not a method" in _error(lambda p: p["report"].update(baseline="supcn"))
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("suite: [unclosed\n")
+    with pytest.raises(ParamsError, match=f"{bad}: not valid YAML"):
+        load_params(bad)
+    p = repo_params()
+    p["train"]["temperture"] = 0.1
+    with pytest.raises(ParamsError, match=rf"{tmp_path / 'p.yaml'}: train.temperture"):
+        load_params(write_params(tmp_path / "p.yaml", p))
+
+
+def test_stage_cli_exits_2_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    p = repo_params()
+    p["methods"]["trained"]["supcon"]["ce"] = -1
+    write_params(tmp_path / "params.yaml", p)
+    ran = []
+    code = stage_main("train", lambda *a: ran.append(a), argv=["--dataset", "digits", "--method", "supcon",
+                                                                "--seed", "0"])
+    assert code == 2 and not ran
+    assert "methods.trained.supcon.ce: -1.0 must be >= 0.0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]

@@ -1,0 +1,188 @@
+"""Prepared cache (atomic write, memory-mapped read), statistics, the registry and the stage CLI."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fabricate import fabricate_cifar10, fabricate_mnist, fabricate_waterbirds
+
+from pipeline.data import cache, registry
+from pipeline.data.cifar import load_cifar10
+from pipeline.data.mnist import load_mnist
+from pipeline.data.records import SPLITS, Records
+from pipeline.data.waterbirds import load_waterbirds
+from stages import download as stage
+
+WB_GROUPS = {"train": (14, 3, 2, 9), "val": (3, 3, 2, 2), "test": (4, 4, 3, 3)}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, int]]:
+    root = tmp_path_factory.mktemp("raw")
+    checksums = fabricate_mnist(root, n_train=200, n_test=50)
+    sizes = fabricate_waterbirds(root, WB_GROUPS)
+    return root, checksums, sizes
+
+
+@pytest.fixture
+def fabricated_registry(monkeypatch: pytest.MonkeyPatch, raw: tuple[Path, dict[str, str], dict[str, int]]) -> Path:
+    """The registry's mnist and waterbirds loaders, told the fabricated copies' checksums/sizes."""
+    root, checksums, sizes = raw
+    for name, load in (("mnist", functools.partial(load_mnist, checksums=checksums)),
+                       ("waterbirds", functools.partial(load_waterbirds, split_sizes=sizes))):
+        spec = registry.DATASETS[name]
+        monkeypatch.setitem(registry.DATASETS, name, registry.DatasetSpec(spec.name, spec.task, spec.download, load))
+    return root
+
+
+def assert_same(a: Records, b: Records) -> None:
+    assert (a.name, a.task, a.class_names) == (b.name, b.task, b.class_names)
+    for split in SPLITS:
+        assert np.array_equal(a.splits[split].images, b.splits[split].images)
+        assert a.splits[split].labels.keys() == b.splits[split].labels.keys()
+        for role in a.splits[split].labels:
+            assert np.array_equal(a.splits[split].labels[role], b.splits[split].labels[role])
+            assert b.splits[split].labels[role].dtype == np.int64
+
+
+def test_cache_round_trip_is_exact_and_memory_mapped(tmp_path: Path, raw) -> None:
+    root, checksums, sizes = raw
+    for records in (load_mnist(root, checksums=checksums), load_waterbirds(root, resolution=16, split_sizes=sizes)):
+        out = tmp_path / records.name
+        params = {"dataset": records.name, "seed": 0, "counts": (1, 2)}
+        cache.write_cache(records, out, params)
+        loaded = cache.read_cache(out, params)
+        assert_same(records, loaded)
+        assert isinstance(loaded.splits["train"].images, np.memmap)
+        assert cache.is_cached(out, params) and not cache.is_cached(out, {**params, "seed": 1})
+        assert (out / cache.MARKER).is_file()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cache_refuses_other_params_incomplete_and_stale_formats(tmp_path: Path, raw) -> None:
+    root, checksums, _ = raw
+    records = load_mnist(root, checksums=checksums)
+    out = cache.write_cache(records, tmp_path / "mnist", {"seed": 0})
+    with pytest.raises(cache.CacheError, match="built with params"):
+        cache.read_cache(out, {"seed": 1})
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "format": 99}))
+    with pytest.raises(cache.CacheError, match="cache format 99"):
+        cache.read_cache(out)
+    (out / cache.MARKER).unlink()
+    with pytest.raises(cache.CacheError, match="no complete prepared cache") as info:
+        cache.read_cache(out)
+    assert "stages.download" in str(info.value)
+
+
+def test_cache_write_failure_leaves_the_previous_cache_intact(
+    tmp_path: Path, raw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, checksums, _ = raw
+    records = load_mnist(root, checksums=checksums)
+    out = cache.write_cache(records, tmp_path / "mnist", {"seed": 0})
+    calls = []
+
+    def failing_save(path, array):  # the third array write dies, as a full disk would
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        with open(path, "wb") as f:
+            np.lib.format.write_array(f, array)
+
+    monkeypatch.setattr(cache.np, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        cache.write_cache(records, out, {"seed": 1})
+    monkeypatch.undo()
+    assert cache.cache_params(out) == {"seed": 0}  # old cache still complete and readable
+    assert_same(records, cache.read_cache(out))
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist"]  # no temporary folder left
+
+
+def test_statistics_match_a_loop_oracle(raw) -> None:
+    root, _, sizes = raw
+    records = load_waterbirds(root, resolution=16, split_sizes=sizes)
+    stats = cache.dataset_statistics(records)
+    assert len(stats) == 3 * (2 + 2 + 4)
+    for split in SPLITS:
+        labels = records.splits[split].labels
+        for role, values in labels.items():
+            for value, name in enumerate(records.class_names[role]):
+                row = stats[(stats.split == split) & (stats.label == role) & (stats.value == value)]
+                count = sum(1 for v in values if v == value)
+                assert row["count"].item() == count and row["name"].item() == name
+                assert row["fraction"].item() == pytest.approx(count / len(values))
+    groups = stats[(stats.split == "train") & (stats.label == "group")]["count"].tolist()
+    assert groups == list(WB_GROUPS["train"])
+
+
+def test_registry_knows_every_dataset_and_its_options() -> None:
+    assert set(registry.DATASETS) == {"cifar10", "cifar100", "cifar100u", "mnist", "waterbirds", "celeba"}
+    assert registry.DATASETS["cifar100u"].defaults == {
+        "val_fraction": 0.1, "split_seed": 0, "counts": (500, 250, 100, 50, 50), "subsample_seed": 0,
+    }
+    assert registry.DATASETS["celeba"].defaults == {"resolution": 64, "workers": None}
+    with pytest.raises(ValueError, match=r"unknown options \['resolution'\]; allowed: val_fraction, split_seed"):
+        registry.resolve_options("cifar10", {"resolution": 64})
+    with pytest.raises(KeyError, match="unknown real dataset 'imagenet'"):
+        registry.get_spec("imagenet")
+
+
+def test_prepare_writes_once_and_reuses(tmp_path: Path, fabricated_registry: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "prepared" / "waterbirds"
+    registry.prepare("waterbirds", fabricated_registry, out, {"resolution": 16, "workers": 2}, download=False)
+    assert cache.cache_params(out) == {"dataset": "waterbirds", "resolution": 16}  # workers is not a data choice
+    spec = registry.DATASETS["waterbirds"]
+
+    @functools.wraps(load_waterbirds)  # same options, so only the cache check decides
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a cache built with the same options must be reused")
+
+    monkeypatch.setitem(registry.DATASETS, "waterbirds",
+                        registry.DatasetSpec(spec.name, spec.task, spec.download, must_not_load))
+    registry.prepare("waterbirds", fabricated_registry, out, {"resolution": 16}, download=False)
+
+
+def test_prepare_downloads_unless_told_not_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "raw"
+    checksums = fabricate_cifar10(root, train_per_class=10, test_per_class=2)
+    calls = []
+    spec = registry.DATASETS["cifar10"]
+    monkeypatch.setitem(registry.DATASETS, "cifar10", registry.DatasetSpec(
+        spec.name, spec.task, lambda r, timeout: calls.append((r, timeout)),
+        functools.partial(load_cifar10, checksums=checksums)))
+    registry.prepare("cifar10", root, tmp_path / "a", {"split_seed": 1}, timeout=7)
+    assert calls == [(root, 7)]
+    registry.prepare("cifar10", root, tmp_path / "b", download=False)
+    assert len(calls) == 1
+    assert cache.cache_params(tmp_path / "a") == {"dataset": "cifar10", "val_fraction": 0.1, "split_seed": 1}
+
+
+def test_stage_cli_prepares_and_prints_counts(tmp_path: Path, fabricated_registry: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mnist"
+    code = stage.main(["--dataset", "mnist", "--root", str(fabricated_registry), "--out", str(out),
+                       "--set", "val_fraction=0.2", "--set", "split_seed=3", "--no-download"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "mnist: prepared cache" in printed and "coarse" in printed
+    records = cache.read_cache(out)
+    assert len(records.splits["val"]) == 40 and cache.cache_params(out)["split_seed"] == 3
+
+
+def test_stage_cli_reports_missing_files_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = stage.main(["--dataset", "cifar10", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                       "--no-download"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cifar10" in err and "file is missing" in err and "cifar-10-batches-py/data_batch_1" in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        stage.main(["--dataset", "cifar10", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                    "--set", "resolution=32"])
+    assert "unknown options ['resolution']" in capsys.readouterr().err

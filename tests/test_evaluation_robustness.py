@@ -1,0 +1,125 @@
+"""Worst-group evaluation and sub-group discovery on synthetic data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation.grouping import (
+    discover_groups,
+    discovery_scores,
+    smallest_group_recall,
+)
+from pipeline.evaluation.robustness import evaluate_robustness, group_metrics
+
+FAST = dict(steps=400, eval_every=50, etas=(0.1, 1.0), weight_decays=(1e-3, 1e-1))
+
+
+def spurious(n: int, p_aligned: float, rng: np.random.Generator, d: int = 12):
+    """y in {0, 1}; attribute a = y with probability p_aligned. The core feature (dim 0) is
+    noisy, the spurious one (dim 1) clean, so ERM on a 95%-aligned split leans on it."""
+    y = rng.integers(0, 2, size=n)
+    a = np.where(rng.random(n) < p_aligned, y, 1 - y)
+    x = rng.normal(size=(n, d))
+    x[:, 0] += 1.0 * (2 * y - 1)
+    x[:, 1] += 4.0 * (2 * a - 1)
+    return x, y, 2 * y + a
+
+
+@pytest.fixture(scope="module")
+def spurious_metrics() -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    train, val, test = spurious(2000, 0.95, rng), spurious(600, 0.5, rng), spurious(1200, 0.5, rng)
+    return evaluate_robustness(train, val, test, seed=0, **FAST)
+
+
+def test_group_metrics_match_loop() -> None:
+    rng = np.random.default_rng(1)
+    y, groups = rng.integers(0, 2, 200), rng.integers(0, 4, 200)
+    pred = np.where(rng.random(200) < 0.8, y, 1 - y)
+    train_groups = rng.choice(4, size=500, p=[0.5, 0.3, 0.15, 0.05])
+    got = group_metrics(pred, y, groups, train_groups)
+    accs = [np.mean([pred[i] == y[i] for i in range(200) if groups[i] == g]) for g in range(4)]
+    freq = [np.sum(train_groups == g) / 500 for g in range(4)]
+    assert got["worst_group_acc"] == pytest.approx(min(accs))
+    assert got["mean_group_acc"] == pytest.approx(np.mean(accs))
+    assert got["avg_acc"] == pytest.approx(np.mean(pred == y))
+    assert got["weighted_acc"] == pytest.approx(sum(f * a for f, a in zip(freq, accs)))
+    assert all(got[f"group_{g}_acc"] == pytest.approx(accs[g]) for g in range(4))
+
+
+def test_spurious_feature_hurts_erm_and_oracle_dro_fixes_it(spurious_metrics) -> None:
+    m = spurious_metrics
+    assert m["erm/worst_group_acc"] < 0.5  # minority groups follow the spurious feature
+    assert m["erm/weighted_acc"] > 0.85  # ... while the training-weighted average looks fine
+    assert m["oracle_gdro/worst_group_acc"] > m["erm/worst_group_acc"] + 0.3
+    assert m["oracle_balanced/worst_group_acc"] > m["erm/worst_group_acc"] + 0.3
+    # The hidden groups are well separated, so discovery recovers them and GEORGE follows.
+    assert m["discovery/ari_within_class"] > 0.95
+    assert m["discovery/smallest_group_recall"] > 0.95
+    assert m["discovered_gdro/worst_group_acc"] > m["erm/worst_group_acc"] + 0.3
+    for method in ("erm", "discovered_gdro", "oracle_gdro", "oracle_balanced"):
+        accs = [m[f"{method}/group_{g}_acc"] for g in range(4)]
+        assert m[f"{method}/worst_group_acc"] == min(accs)
+
+
+def test_model_selection_never_sees_test_labels() -> None:
+    rng = np.random.default_rng(2)
+    train, val, test = spurious(800, 0.9, rng), spurious(300, 0.5, rng), spurious(300, 0.5, rng)
+    x, y, g = test
+    scrambled = (x, rng.permutation(y), rng.permutation(g))
+    a = evaluate_robustness(train, val, test, seed=0, **FAST)
+    b = evaluate_robustness(train, val, scrambled, seed=0, **FAST)
+    chosen = [k for k in a if k.startswith("discovery/") or k.endswith(
+        ("/val_selection_acc", "/c", "/eta", "/weight_decay", "/steps"))]
+    assert len(chosen) == 16  # 4 discovery scores + selection outputs of the 4 methods
+    assert {k: a[k] for k in chosen} == {k: b[k] for k in chosen}
+
+
+def test_discovery_recovers_well_separated_hidden_groups() -> None:
+    rng = np.random.default_rng(3)
+    n, d = 900, 10
+    y = rng.integers(0, 3, size=n)
+    sub = rng.integers(0, 3, size=n)  # 3 hidden sub-groups per class
+    x = 0.3 * rng.normal(size=(n, d)) + 8.0 * np.eye(d)[y] + 3.0 * np.eye(d)[3 + sub]
+    groups = 3 * y + sub
+    discovery = discover_groups(x, y, k_max=6, seed=0)
+    clusters = discovery.assign(x, y)
+    scores = discovery_scores(clusters, groups, y)
+    assert discovery.n_clusters == 9
+    assert scores["ari"] > 0.99 and scores["ari_within_class"] > 0.99
+    # New points of the same groups land in the matching clusters.
+    x_new = 0.3 * rng.normal(size=(n, d)) + 8.0 * np.eye(d)[y] + 3.0 * np.eye(d)[3 + sub]
+    assert discovery_scores(discovery.assign(x_new, y), groups, y)["ari"] > 0.99
+
+
+def test_unimodal_class_stays_one_cluster() -> None:
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1], 400)
+    # Class 0: one anisotropic Gaussian (k-means would happily cut it). Class 1: two blobs.
+    x = rng.normal(size=(800, 6)) * np.array([3.0, 2.0, 1.0, 1.0, 1.0, 1.0])
+    x[y == 1] = rng.normal(size=(400, 6)) + 6.0 * (rng.random(400) < 0.3)[:, None] * np.eye(6)[1]
+    discovery = discover_groups(x, y, seed=0)
+    assert [c.n_clusters for c in discovery.per_class] == [1, 2]
+    # The Gaussian null is what keeps class 0 whole: without it k-means cuts the blob.
+    no_null = discover_groups(x, y, seed=0, min_gain=-1.0)
+    assert [c.n_clusters for c in no_null.per_class] == [2, 2]
+
+
+def test_smallest_group_recall_by_hand() -> None:
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
+    # Group 1 (smallest, 3 points): 2 of them in cluster 5 where it is the majority, 1 lost
+    # in cluster 7, which group 2 dominates.
+    clusters = np.array([4, 4, 4, 4, 5, 5, 7, 5, 7, 7, 7, 7])
+    assert smallest_group_recall(clusters, groups) == pytest.approx(2 / 3)
+    assert smallest_group_recall(groups, groups) == 1.0
+    assert smallest_group_recall(np.zeros(12), groups) == 0.0
+
+
+def test_evaluate_robustness_rejects_bad_triples() -> None:
+    rng = np.random.default_rng(5)
+    train, val, test = spurious(100, 0.9, rng), spurious(50, 0.5, rng), spurious(50, 0.5, rng)
+    with pytest.raises(ValueError, match="val_group"):
+        evaluate_robustness(train, (val[0], val[1], val[2][:-1]), test)
+    with pytest.raises(ValueError, match="triple"):
+        evaluate_robustness(train, val[:2], test)

@@ -1,0 +1,138 @@
+"""Each stage's outputs on a tiny run, through the same job functions the DVC stages call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_params
+from pipeline import jobs, paths
+from pipeline.config import ParamsError, validate
+from pipeline.embeddings import ModelFileError, load_encoder
+from pipeline.io import load_arrays
+
+METHODS = ("supcon", "supcon_cnce", "ce_ae")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """download -> train -> embed -> evaluate -> report for 3 trained methods + thanos, 1 seed."""
+    root = tmp_path_factory.mktemp("run")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    params = validate(tiny_params(epochs=2, methods=(*METHODS, "thanos")))
+    jobs.download_job(params, "digits")
+    for m in METHODS:
+        jobs.train_job(params, "digits", m, 0, progress=False)
+    for m in (*METHODS, "thanos"):
+        jobs.embed_job(params, "digits", m, 0)
+        jobs.evaluate_job(params, "digits", m, 0)
+    jobs.report_job(params)
+    yield root
+    mp.undo()
+
+
+def test_download_writes_the_prepared_cache(tiny_run: Path) -> None:
+    from pipeline.data.cache import read_cache
+
+    records = read_cache(tiny_run / "data/prepared/digits")
+    sizes = {s: len(records.splits[s]) for s in ("train", "val", "test")}
+    assert sum(sizes.values()) == 1797
+    assert sizes["test"] == pytest.approx(0.25 * 1797, abs=1)
+    assert records.splits["train"].images.shape[1:] == (1, 8, 8)
+
+
+def test_train_writes_a_loadable_model_and_history(tiny_run: Path) -> None:
+    encoder, normalize = load_encoder(tiny_run / paths.model_path("digits", "supcon", 0))
+    assert not encoder.training
+    assert encoder(normalize(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))).shape == (2, 128)
+    history = json.loads((tiny_run / paths.history_path("digits", "supcon", 0)).read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"loss/ce", "loss/supcon", "loss/total", "lr", "images_per_s"} <= set(history[0])
+    assert not (tiny_run / paths.resume_path("digits", "supcon", 0)).exists()  # removed when done
+
+
+def test_embed_outputs_every_split_with_labels(tiny_run: Path) -> None:
+    arrays = load_arrays(tiny_run / paths.embedding_path("digits", "supcon", 0))
+    for split, n in (("train", 1077), ("val", 270), ("test", 450)):
+        assert arrays[f"{split}_x"].shape == (n, 128) and arrays[f"{split}_x"].dtype == np.float32
+        assert set(np.unique(arrays[f"{split}_fine"])) == set(range(10))
+        np.testing.assert_array_equal(arrays[f"{split}_coarse"], arrays[f"{split}_fine"] >= 5)
+    assert str(arrays["meta_task"]) == "coarse_to_fine"
+
+
+def test_concat_is_the_parts_side_by_side(tiny_run: Path) -> None:
+    thanos = load_arrays(tiny_run / paths.embedding_path("digits", "thanos", 0))
+    a = load_arrays(tiny_run / paths.embedding_path("digits", "supcon_cnce", 0))
+    b = load_arrays(tiny_run / paths.embedding_path("digits", "ce_ae", 0))
+    np.testing.assert_array_equal(thanos["test_x"], np.concatenate([a["test_x"], b["test_x"]], axis=1))
+    np.testing.assert_array_equal(thanos["test_fine"], a["test_fine"])
+
+
+def test_embed_is_byte_deterministic(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same model -> same bytes, so DVC skips everything downstream of an unchanged embedding."""
+    monkeypatch.chdir(tiny_run)
+    path = tiny_run / paths.embedding_path("digits", "thanos", 0)
+    before = path.read_bytes()
+    jobs.embed_job(validate(tiny_params(epochs=2, methods=(*METHODS, "thanos"))), "digits", "thanos", 0)
+    assert path.read_bytes() == before
+
+
+def test_evaluate_metrics_are_what_the_probes_give(tiny_run: Path) -> None:
+    from pipeline.evaluation.probes import linear_probe
+
+    metrics = json.loads((tiny_run / paths.metrics_path("digits", "supcon", 0)).read_text())
+    for key in ("fine_head_acc", "fine_probe_acc", "fine_knn_acc", "coarse_probe_acc"):
+        assert 0.0 <= metrics[key] <= 100.0
+    arrays = load_arrays(tiny_run / paths.embedding_path("digits", "supcon", 0))
+    params = validate(tiny_params())
+    again = linear_probe(arrays["train_x"], arrays["train_fine"], arrays["val_x"], arrays["val_fine"],
+                         arrays["test_x"], arrays["test_fine"], cs=params.evaluate.probe_cs)
+    assert metrics["fine_probe_acc"] == pytest.approx(100 * again.test_accuracy)
+    assert metrics["coarse_probe_acc"] > 70.0  # 2 epochs already separate the coarse classes
+
+
+def test_report_numbers_are_the_metrics_means(tiny_run: Path) -> None:
+    summary = json.loads((tiny_run / "reports/summary.json").read_text())
+    for m in (*METHODS, "thanos"):
+        metrics = json.loads((tiny_run / paths.metrics_path("digits", m, 0)).read_text())
+        assert summary["digits"][m]["fine_head_acc"]["mean"] == pytest.approx(metrics["fine_head_acc"], abs=1e-4)
+        assert summary["digits"][m]["fine_head_acc"]["n"] == 1
+    lift = summary["digits"]["thanos"]["lift_over_supcon"]["mean"]
+    assert lift == pytest.approx(summary["digits"]["thanos"]["fine_head_acc"]["mean"]
+                                 - summary["digits"]["supcon"]["fine_head_acc"]["mean"], abs=1e-3)
+    md = (tiny_run / "reports/results.md").read_text()
+    assert "| thanos | concat[supcon_cnce, ce_ae] |" in md
+    assert (tiny_run / "reports/fine_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_truncated_model_file_gives_a_clear_error(tiny_run: Path, tmp_path: Path) -> None:
+    data = (tiny_run / paths.model_path("digits", "supcon", 0)).read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated.pt: not a readable model file"):
+        load_encoder(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ModelFileError, match="not a thanos-bench/encoder/v1 model file"):
+        load_encoder(foreign)
+
+
+def test_concat_method_has_no_train_stage(workdir: Path) -> None:
+    with pytest.raises(ParamsError, match="'thanos' is a concatenation"):
+        jobs.train_job(validate(tiny_params()), "digits", "thanos", 0)
+    with pytest.raises(ParamsError, match="method 'thanoss' is not in params methods"):
+        jobs.embed_job(validate(tiny_params()), "digits", "thanoss", 0)
+
+
+def test_download_rejects_unknown_prepare_option(workdir: Path) -> None:
+    p = tiny_params()
+    p["datasets"]["digits"]["prepare"]["val_fractoin"] = 0.2
+    with pytest.raises(ParamsError, match=r"datasets.digits.prepare: .*unknown options \['val_fractoin'\]"):
+        jobs.download_job(validate(p), "digits")
+    assert not (workdir / "data").exists()
