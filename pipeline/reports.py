@@ -52,6 +52,13 @@ def machine_description() -> str:
     return text
 
 
+GEOMETRY_COLUMNS = {
+    "geom_class_spread_ratio": "Within / between coarse-class spread",
+    "geom_fine_knn_purity": "Fine kNN purity inside coarse class",
+    "geom_uniformity": "Uniformity (lower = more uniform)",
+}
+
+
 def loss_curve_figure(history: list[dict[str, float]], title: str) -> Any:
     """A matplotlib figure of every loss term per epoch."""
     import matplotlib
@@ -113,6 +120,27 @@ def _describe(params: Params, method: str) -> str:
     return " + ".join(f"{w:g}·{t}" for t, w in params.methods.trained[method].active().items())
 
 
+def dataset_section(dataset: str) -> list[str]:
+    """Markdown tables of image counts per split for each label of a prepared dataset."""
+    meta_path = Path("data/prepared") / dataset / "meta.json"
+    stats = read_json(meta_path)["statistics"]
+    lines = [f"Images per split, from the prepared cache (`{meta_path}`):", ""]
+    for label in dict.fromkeys(r["label"] for r in stats):
+        rows = [r for r in stats if r["label"] == label]
+        values = list(dict.fromkeys((r["value"], r["name"]) for r in rows))
+        count = {(r["split"], r["value"]): r["count"] for r in rows}
+        lines += [f"| {label} | train | val | test |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | " + " | ".join(str(count.get((s, v), 0)) for s in ("train", "val", "test")) + " |"
+                  for v, name in values]
+        lines.append("")
+    return lines
+
+
+def _chance(methods: dict[str, Any]) -> str:
+    values = [e["geom_fine_knn_chance"]["mean"] for e in methods.values() if "geom_fine_knn_chance" in e]
+    return f"{values[0]:.3f}" if values else "—"
+
+
 def _training_minutes(params: Params, ds: str, method: str) -> str:
     if params.is_concat(method):
         return "—"
@@ -171,7 +199,21 @@ def results_markdown(params: Params, summary: dict[str, Any]) -> str:
                 + f" | {_fmt(entry[f'lift_over_{base}'], signed=True)} | {_training_minutes(params, ds, m)}"
                 + f" | {paper if paper is not None else '—'} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            f"Geometry of the test embeddings (L2-normalised; METHOD.md section 1): a collapsed "
+            f"class has a small within/between spread ratio and a fine-label kNN purity near chance "
+            f"({_chance(methods)}) inside its coarse class.",
+            "",
+            "| Method | " + " | ".join(GEOMETRY_COLUMNS.values()) + " |",
+            "|---|" + "---:|" * len(GEOMETRY_COLUMNS),
+        ]
+        for m, entry in methods.items():
+            cells = [f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f}" if k in entry else "—"
+                     for k in GEOMETRY_COLUMNS]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", f"![test embeddings, PCA](projections/{ds}.png)", ""]
+        lines += dataset_section(ds)
     lines += [
         "Paper column: CIFAR-10 coarse (2) -> fine (10) top-1 from the official repository "
         "(METHOD.md section 6), a different dataset and scale, shown for the expected ordering only.",
@@ -210,9 +252,43 @@ def bar_chart(params: Params, summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def projection_grid(params: Params, dataset: str, path: Path) -> Path:
+    """PCA of each method's test embeddings (first seed), coloured by fine label, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.evaluation.projection import project_2d
+    from pipeline.io import load_arrays
+
+    methods = params.method_names
+    cols = 4
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    seed = params.suite.seeds[0]
+    for ax, m in zip(axes.flat, methods):
+        arrays = load_arrays(paths.embedding_path(dataset, m, seed))
+        xy = project_2d(arrays["test_x"], method="pca", seed=seed)
+        label = arrays.get("test_fine", arrays.get("test_group"))
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=label, cmap="tab10", s=6, linewidths=0)
+        ax.set_title(m, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    fig.colorbar(sc, ax=axes, shrink=0.6, label="fine label")
+    fig.suptitle(f"{dataset}: test embeddings, PCA, seed {seed}")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90, metadata={"Software": None}))
+    plt.close(fig)
+    return path
+
+
 def write_report(params: Params, out_dir: Path) -> None:
     runs = collect(params)
     summary = summarise(runs, params.report.baseline, params.report.headline)
     bar_chart(params, summary, out_dir / "fine_accuracy.png")
+    for ds in params.suite.datasets:
+        projection_grid(params, ds, out_dir / "projections" / f"{ds}.png")
     write_text(out_dir / "results.md", results_markdown(params, summary))
     write_json(out_dir / "summary.json", summary)

@@ -15,6 +15,8 @@ from pipeline.data.cifar import load_cifar10
 from pipeline.data.mnist import load_mnist
 from pipeline.data.records import SPLITS, Records
 from pipeline.data.waterbirds import load_waterbirds
+from conftest import tiny_params, write_params
+from pipeline.config import DATASET_SOURCES
 from stages import download as stage
 
 WB_GROUPS = {"train": (14, 3, 2, 9), "val": (3, 3, 2, 2), "test": (4, 4, 3, 3)}
@@ -121,7 +123,8 @@ def test_statistics_match_a_loop_oracle(raw) -> None:
 
 
 def test_registry_knows_every_dataset_and_its_options() -> None:
-    assert set(registry.DATASETS) == {"cifar10", "cifar100", "cifar100u", "mnist", "waterbirds", "celeba"}
+    assert set(registry.DATASETS) == {"digits", "cifar10", "cifar100", "cifar100u", "mnist", "waterbirds", "celeba"}
+    assert set(registry.DATASETS) == set(DATASET_SOURCES)  # params validation knows the same names
     assert registry.DATASETS["cifar100u"].defaults == {
         "val_fraction": 0.1, "split_seed": 0, "counts": (500, 250, 100, 50, 50), "subsample_seed": 0,
     }
@@ -163,26 +166,42 @@ def test_prepare_downloads_unless_told_not_to(tmp_path: Path, monkeypatch: pytes
     assert cache.cache_params(tmp_path / "a") == {"dataset": "cifar10", "val_fraction": 0.1, "split_seed": 1}
 
 
+def _params_with(tmp_path: Path, name: str, source: str, prepare: dict, raw_root: Path) -> Path:
+    """A params.yaml whose suite is one dataset read from ``raw_root``."""
+    p = tiny_params()
+    p["suite"]["datasets"] = [name]
+    p["datasets"][name] = {"source": source, "prepare": prepare,
+                           "recipe": p["datasets"]["digits"]["recipe"]}
+    p["data"]["raw_root"] = str(raw_root)
+    return write_params(tmp_path / "params.yaml", p)
+
+
 def test_stage_cli_prepares_and_prints_counts(tmp_path: Path, fabricated_registry: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "mnist"
-    code = stage.main(["--dataset", "mnist", "--root", str(fabricated_registry), "--out", str(out),
-                       "--set", "val_fraction=0.2", "--set", "split_seed=3", "--no-download"])
+    monkeypatch.chdir(tmp_path)
+    params = _params_with(tmp_path, "mnist", "mnist", {"val_fraction": 0.2, "split_seed": 3}, fabricated_registry)
+    code = stage.main(["--params", str(params), "--dataset", "mnist", "--no-download"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "mnist: prepared cache" in printed and "coarse" in printed
+    out = tmp_path / "data/prepared/mnist"
     records = cache.read_cache(out)
     assert len(records.splits["val"]) == 40 and cache.cache_params(out)["split_seed"] == 3
 
 
-def test_stage_cli_reports_missing_files_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = stage.main(["--dataset", "cifar10", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
-                       "--no-download"])
+def test_stage_cli_reports_missing_files_and_bad_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    params = _params_with(tmp_path, "cifar10", "cifar10", {}, raw)
+    code = stage.main(["--params", str(params), "--dataset", "cifar10", "--no-download"])
     assert code == 1
     err = capsys.readouterr().err
     assert "cifar10" in err and "file is missing" in err and "cifar-10-batches-py/data_batch_1" in err
-    assert not (tmp_path / "o").exists()
-    with pytest.raises(SystemExit):
-        stage.main(["--dataset", "cifar10", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
-                    "--set", "resolution=32"])
-    assert "unknown options ['resolution']" in capsys.readouterr().err
+    assert not (tmp_path / "data/prepared/cifar10").exists()
+    params = _params_with(tmp_path, "cifar10", "cifar10", {"resolution": 32}, raw)
+    assert stage.main(["--params", str(params), "--dataset", "cifar10"]) == 2
+    assert "datasets.cifar10.prepare: " in (err := capsys.readouterr().err)
+    assert "unknown options ['resolution']" in err

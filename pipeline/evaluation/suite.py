@@ -8,6 +8,7 @@ import numpy as np
 
 from pipeline.config import EvaluateParams
 from pipeline.data.records import COARSE_TO_FINE
+from pipeline.evaluation.geometry import geometry_metrics
 from pipeline.evaluation.probes import knn_accuracy, linear_probe, reference_head_probe
 
 
@@ -41,6 +42,9 @@ def coarse_to_fine_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParam
         "fine_knn_acc": 100.0 * knn_accuracy(tr_x, tr_y, te_x, te_y, k=opts.knn_k),
         "coarse_probe_acc": 100.0 * coarse.test_accuracy,
     }
+    # Geometry of the test embeddings (L2-normalised): how collapsed each coarse class is.
+    geometry = geometry_metrics(arrays["test_x"], arrays["test_coarse"], fine=te_y)
+    metrics.update({f"geom_{k}": v for k, v in geometry.items()})
     # Fine accuracy inside each coarse class: where the sub-class structure was lost.
     test_coarse = arrays["test_coarse"]
     for c in np.unique(test_coarse):
