@@ -70,6 +70,9 @@ class BatchAugment(nn.Module):
         self.normalize = Normalize(mean, std)
 
     def forward(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise TypeError(f"BatchAugment expects uint8 images of shape (B, C, H, W), got dtype "
+                            f"{images.dtype}, shape {tuple(images.shape)}")
         x = images.float() / 255.0
         x = self.augment(x).clamp_(0.0, 1.0)
         return self.normalize(x)

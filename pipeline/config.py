@@ -20,7 +20,7 @@ CONTRASTIVE_TERMS = ("supcon", "cnce", "simclr")
 BACKBONES = ("small_cnn", "resnet18", "resnet50", "vit")
 AUGMENTATIONS = ("digits", "cifar", "none")
 # The names in pipeline.data.registry.DATASETS (kept here so validation does not import the loaders).
-DATASET_SOURCES = ("digits", "cifar10", "cifar100", "cifar100u", "mnist", "waterbirds", "celeba")
+DATASET_SOURCES = ("digits", "spurious_digits", "cifar10", "cifar100", "cifar100u", "mnist", "waterbirds", "celeba")
 
 
 @dataclass(frozen=True)

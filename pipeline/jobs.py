@@ -6,7 +6,6 @@ logs to MLflow as a side channel (see :mod:`pipeline.tracking`).
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import numpy as np
 
@@ -41,14 +40,21 @@ def download_job(params: Params, dataset: str, *, download: bool = True, timeout
 
 
 def train_job(params: Params, dataset: str, method: str, seed: int, *, progress: bool = True) -> None:
-    """Train ``method`` on ``dataset`` with ``seed``; write the model file and its history."""
+    """Train ``method`` on ``dataset`` with ``seed``; write the model file and its history.
+
+    Under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1) it trains with N DDP processes
+    (see :mod:`pipeline.training`); only rank 0 logs to MLflow and writes the outputs.
+    """
+    from contextlib import nullcontext
+
     import torch
 
+    from pipeline import distributed
     from pipeline.data import load_prepared
     from pipeline.io import atomic_write
     from pipeline.reports import loss_curve_figure
-    from pipeline.tracking import start_run
-    from pipeline.training import train
+    from pipeline.tracking import Run, run_params, start_run
+    from pipeline.training import select_device, train
 
     params.check_dataset(dataset)
     _trained_method(params, method)
@@ -56,20 +62,28 @@ def train_job(params: Params, dataset: str, method: str, seed: int, *, progress:
     weights = params.methods.trained[method]
     records = load_prepared(dataset, ds_params)
     stage = paths.stage_name("train", dataset, method, seed)
-    logged = {"dataset": asdict(ds_params), "weights": asdict(weights), "train": asdict(params.train)}
-    with start_run(stage, dataset, method, seed, logged) as run:
-        outcome = train(records, ds_params, weights, params.train, seed,
-                        resume_path=paths.resume_path(dataset, method, seed),
-                        on_epoch=lambda rec: run.log_metrics(
-                            {k: v for k, v in rec.items() if k != "epoch"}, step=int(rec["epoch"])),
-                        progress=progress)
-        model = dict(outcome.model, dataset=dataset, method=method, seed=seed)
-        atomic_write(paths.model_path(dataset, method, seed), lambda f: torch.save(model, f))
-        write_json(paths.history_path(dataset, method, seed), outcome.history)
-        run.log_metrics({f"final/{k}": v for k, v in outcome.history[-1].items() if k.startswith("loss/")})
-        run.log_figure(loss_curve_figure(outcome.history, f"{dataset} / {method} / seed {seed}"),
-                       "loss_curve.png")
-    paths.resume_path(dataset, method, seed).unlink(missing_ok=True)
+    logged = run_params(params, "train", dataset, method)
+    with distributed.process_group(select_device(params.train.device).type):
+        main = distributed.rank() == 0
+        if distributed.world_size() > 1:
+            logged["world_size"] = distributed.world_size()
+        # Other ranks compute the same whole-batch losses; they log nothing and write nothing.
+        tracked = start_run(stage, dataset, method, seed, logged) if main else nullcontext(Run(None, None))
+        with tracked as run:
+            outcome = train(records, ds_params, weights, params.train, seed,
+                            resume_path=paths.resume_path(dataset, method, seed),
+                            on_epoch=lambda rec: run.log_metrics(
+                                {k: v for k, v in rec.items() if k != "epoch"}, step=int(rec["epoch"])),
+                            progress=progress)
+            if not main:
+                return
+            model = dict(outcome.model, dataset=dataset, method=method, seed=seed)
+            atomic_write(paths.model_path(dataset, method, seed), lambda f: torch.save(model, f))
+            write_json(paths.history_path(dataset, method, seed), outcome.history)
+            run.log_metrics({f"final/{k}": v for k, v in outcome.history[-1].items() if k.startswith("loss/")})
+            run.log_figure(loss_curve_figure(outcome.history, f"{dataset} / {method} / seed {seed}"),
+                           "loss_curve.png")
+        paths.resume_path(dataset, method, seed).unlink(missing_ok=True)
 
 
 def embed_job(params: Params, dataset: str, method: str, seed: int) -> None:
@@ -89,20 +103,35 @@ def embed_job(params: Params, dataset: str, method: str, seed: int) -> None:
 def evaluate_job(params: Params, dataset: str, method: str, seed: int) -> dict[str, float]:
     """Probe the frozen embeddings; write the metrics JSON and log it."""
     from pipeline.evaluation.suite import evaluate_embeddings
-    from pipeline.tracking import start_run
+    from pipeline.tracking import run_params, start_run
 
     params.check_dataset(dataset)
     params.check_method(method)
     arrays = load_arrays(paths.embedding_path(dataset, method, seed))
-    stage = paths.stage_name("evaluate", dataset, method, seed)
-    spec = (params.methods.concat[method] if params.is_concat(method)
-            else asdict(params.methods.trained[method]))
-    logged = {"method": spec, "evaluate": asdict(params.evaluate)}
+    stage = paths.stage_name("evaluate_concat" if params.is_concat(method) else "evaluate",
+                             dataset, method, seed)
+    logged = run_params(params, "evaluate", dataset, method)
     with start_run(stage, dataset, method, seed, logged) as run:
-        metrics = evaluate_embeddings(arrays, str(arrays["meta_task"]), params.evaluate)
+        metrics = evaluate_embeddings(arrays, str(arrays["meta_task"]), params.evaluate, seed)
         write_json(paths.metrics_path(dataset, method, seed), metrics)
         run.log_metrics(metrics)
+        _log_projections(run, arrays, f"{dataset} / {method} / seed {seed}")
     return metrics
+
+
+def _log_projections(run, arrays: dict[str, np.ndarray], title: str) -> None:
+    """PCA pictures of the test embeddings, coloured by each label, as MLflow artifacts."""
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.evaluation.projection import plot_projection
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in ("coarse", "fine", "y", "group"):
+            if f"test_{label}" in arrays:
+                path = plot_projection(arrays["test_x"], arrays[f"test_{label}"],
+                                       Path(tmp) / f"projection_{label}.png", title=f"{title}: {label}")
+                run.log_artifact(path)
 
 
 def report_job(params: Params) -> None:

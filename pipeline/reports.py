@@ -52,9 +52,18 @@ def machine_description() -> str:
     return text
 
 
+ROBUSTNESS_METHODS = {
+    "erm": "ERM",
+    "discovered_gdro": "Discovered groups + gDRO",
+    "oracle_gdro": "Oracle gDRO",
+    "oracle_balanced": "Oracle balanced",
+}
+WORST_GROUP_HEADLINE = "discovered_gdro/worst_group_acc"
+HEADLINE_TITLES = {"discovered_gdro/worst_group_acc": "Worst-group acc., discovered groups + gDRO"}
+
 GEOMETRY_COLUMNS = {
-    "geom_class_spread_ratio": "Within / between coarse-class spread",
-    "geom_fine_knn_purity": "Fine kNN purity inside coarse class",
+    "geom_class_spread_ratio": "Within / between class spread (training label)",
+    "geom_fine_knn_purity": "Fine-label kNN purity inside class",
     "geom_uniformity": "Uniformity (lower = more uniform)",
 }
 
@@ -76,6 +85,16 @@ def loss_curve_figure(history: list[dict[str, float]], title: str) -> Any:
     return fig
 
 
+def dataset_task(dataset: str) -> str:
+    """The task recorded in a prepared dataset's cache."""
+    return read_json(Path("data/prepared") / dataset / "meta.json")["task"]
+
+
+def headline_of(params: Params, dataset: str) -> str:
+    """The metric a dataset's lifts and bar chart use."""
+    return WORST_GROUP_HEADLINE if dataset_task(dataset) == "worst_group" else params.report.headline
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     arr = np.asarray(values, dtype=float)
@@ -92,11 +111,12 @@ def collect(params: Params) -> dict[str, dict[str, list[dict[str, float]]]]:
 
 
 def summarise(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str,
-              headline: str) -> dict[str, Any]:
-    """{dataset: {method: {metric: {mean, std, n}}, with lift_over_<baseline> of the headline}}."""
+              headlines: dict[str, str]) -> dict[str, Any]:
+    """{dataset: {method: {metric: {mean, std, n}}, with lift_over_<baseline> of its headline}}."""
     out: dict[str, Any] = {}
     for ds, methods in runs.items():
         out[ds] = {}
+        headline = headlines[ds]
         base = [r[headline] for r in methods[baseline]]
         for m, seeds in methods.items():
             entry: dict[str, Any] = {}
@@ -151,9 +171,94 @@ def _training_minutes(params: Params, ds: str, method: str) -> str:
     return f"{np.mean(totals):.2f}"
 
 
+def _recipe_line(params: Params, ds: str) -> str:
+    r = params.datasets[ds].recipe
+    return (f"Backbone `{r.backbone}`, {r.epochs} epochs, batch {r.batch_size} x {r.views} views, AdamW lr "
+            f"{r.lr:g}, weight decay {r.weight_decay:g}, temperature {params.train.temperature:g}, "
+            f"augmentation `{r.augment}`.")
+
+
+def _geometry_section(methods: dict[str, Any], inside: str) -> list[str]:
+    lines = [
+        f"Geometry of the test embeddings (L2-normalised; METHOD.md section 1): a collapsed class has a "
+        f"small within/between spread ratio and a kNN purity of the sub-label near chance "
+        f"({_chance(methods)}) inside its {inside}.",
+        "",
+        "| Method | " + " | ".join(GEOMETRY_COLUMNS.values()) + " |",
+        "|---|" + "---:|" * len(GEOMETRY_COLUMNS),
+    ]
+    for m, entry in methods.items():
+        cells = [f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f}" if k in entry else "—"
+                 for k in GEOMETRY_COLUMNS]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _coarse_to_fine_section(params: Params, ds: str, methods: dict[str, Any]) -> list[str]:
+    base = params.report.baseline
+    lines = [
+        f"## {ds}: coarse-to-fine transfer",
+        "",
+        _recipe_line(params, ds),
+        "",
+        "| Method | Loss / embedding | " + " | ".join(COARSE_TO_FINE_COLUMNS.values())
+        + f" | Lift over {base} | Train min/run | Paper, CIFAR-10 |",
+        "|---|---|" + "---:|" * (len(COARSE_TO_FINE_COLUMNS) + 3),
+    ]
+    for m, entry in methods.items():
+        cells = [_fmt(entry[k]) for k in COARSE_TO_FINE_COLUMNS]
+        paper = PAPER_CIFAR10_FINE.get(m)
+        lines.append(
+            f"| {m} | {_describe(params, m)} | " + " | ".join(cells)
+            + f" | {_fmt(entry[f'lift_over_{base}'], signed=True)} | {_training_minutes(params, ds, m)}"
+            + f" | {paper if paper is not None else '—'} |")
+    lines += [
+        "",
+        "Paper column: CIFAR-10 coarse (2) -> fine (10) top-1 from the official repository "
+        "(METHOD.md section 6), a different dataset and scale, shown for the expected ordering only.",
+        "",
+    ]
+    return lines + _geometry_section(methods, "coarse class")
+
+
+def _worst_group_section(params: Params, ds: str, methods: dict[str, Any]) -> list[str]:
+    base = params.report.baseline
+    lines = [
+        f"## {ds}: worst-group robustness",
+        "",
+        _recipe_line(params, ds) + " Trained on the task label y.",
+        "",
+        "Each cell: worst-group / average test accuracy (%). Heads on the frozen embeddings: ERM (plain "
+        "linear head); discovered groups (k-means inside each class, k by silhouette, no group labels) "
+        "+ group DRO; the oracles that see the true training groups (group DRO; group-balanced "
+        "retraining, DFR-style). Model selection on validation, on the groups each head may see.",
+        "",
+        "| Method | Loss / embedding | " + " | ".join(ROBUSTNESS_METHODS.values())
+        + f" | Discovery ARI within class | Smallest-group recall | Lift over {base} |",
+        "|---|---|" + "---:|" * (len(ROBUSTNESS_METHODS) + 3),
+    ]
+    for m, entry in methods.items():
+        cells = [f"{entry[f'{h}/worst_group_acc']['mean']:.1f} ± {entry[f'{h}/worst_group_acc']['std']:.1f}"
+                 f" / {entry[f'{h}/avg_acc']['mean']:.1f}" for h in ROBUSTNESS_METHODS]
+        lines.append(
+            f"| {m} | {_describe(params, m)} | " + " | ".join(cells)
+            + f" | {entry['discovery/ari_within_class']['mean']:.2f}"
+            + f" | {entry['discovery/smallest_group_recall']['mean']:.2f}"
+            + f" | {_fmt(entry[f'lift_over_{base}'], signed=True)} |")
+    groups = sorted({k.split("/")[1] for e in methods.values() for k in e if k.startswith("erm/group_")})
+    lines += ["", "Per-group test accuracy (%), ERM and discovered groups + gDRO:", "",
+              "| Method | " + " | ".join(f"ERM {g.removesuffix('_acc')}" for g in groups) + " | "
+              + " | ".join(f"disc. {g.removesuffix('_acc')}" for g in groups) + " |",
+              "|---|" + "---:|" * (2 * len(groups))]
+    for m, entry in methods.items():
+        cells = [f"{entry[f'{h}/{g}']['mean']:.1f}" for h in ("erm", "discovered_gdro") for g in groups]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines + _geometry_section(methods, "task class")
+
+
 def results_markdown(params: Params, summary: dict[str, Any]) -> str:
     base = params.report.baseline
-    headline = params.report.headline
     head = params.evaluate.head
     seeds = ", ".join(str(s) for s in params.suite.seeds)
     lines = [
@@ -161,11 +266,11 @@ def results_markdown(params: Params, summary: dict[str, Any]) -> str:
         "",
         "Compiled by the `report` stage (`dvc repro`) from the evaluate outputs; do not edit by hand.",
         f"Every cell: mean ± sample std over seeds {seeds} (n = {len(params.suite.seeds)}); accuracies in %.",
-        f"Lift: per-seed difference of `{headline}` ({COARSE_TO_FINE_COLUMNS[headline]}) to `{base}`, "
-        "mean ± std.",
+        f"Lift: per-seed difference to `{base}` of each dataset's headline metric "
+        f"(coarse-to-fine: `{params.report.headline}`; worst-group: `{WORST_GROUP_HEADLINE}`), mean ± std.",
         "",
-        "Protocol: the frozen encoder embeds every split once, in eval mode. Then, on fine labels "
-        "(train split), evaluated top-1 on test:",
+        "Coarse-to-fine protocol: the frozen encoder embeds every split once, in eval mode. Then, on "
+        "fine labels (train split), evaluated top-1 on test:",
         f"- *reference head*: the paper's transfer protocol (METHOD.md section 4), a linear head on the raw "
         f"embeddings trained with AdamW (lr {head.lr:g}, weight decay {head.weight_decay:g}, batch "
         f"{head.batch_size}) for {head.epochs} epochs;",
@@ -179,46 +284,14 @@ def results_markdown(params: Params, summary: dict[str, Any]) -> str:
         "",
     ]
     for ds, methods in summary.items():
-        recipe = params.datasets[ds].recipe
-        lines += [
-            f"## {ds}: coarse-to-fine transfer",
-            "",
-            f"Backbone `{recipe.backbone}`, {recipe.epochs} epochs, batch {recipe.batch_size} x "
-            f"{recipe.views} views, AdamW lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, "
-            f"temperature {params.train.temperature:g}, augmentation `{recipe.augment}`.",
-            "",
-            "| Method | Loss / embedding | " + " | ".join(COARSE_TO_FINE_COLUMNS.values())
-            + f" | Lift over {base} | Train min/run | Paper, CIFAR-10 |",
-            "|---|---|" + "---:|" * (len(COARSE_TO_FINE_COLUMNS) + 3),
-        ]
-        for m, entry in methods.items():
-            cells = [_fmt(entry[k]) for k in COARSE_TO_FINE_COLUMNS]
-            paper = PAPER_CIFAR10_FINE.get(m)
-            lines.append(
-                f"| {m} | {_describe(params, m)} | " + " | ".join(cells)
-                + f" | {_fmt(entry[f'lift_over_{base}'], signed=True)} | {_training_minutes(params, ds, m)}"
-                + f" | {paper if paper is not None else '—'} |"
-            )
-        lines += [
-            "",
-            f"Geometry of the test embeddings (L2-normalised; METHOD.md section 1): a collapsed "
-            f"class has a small within/between spread ratio and a fine-label kNN purity near chance "
-            f"({_chance(methods)}) inside its coarse class.",
-            "",
-            "| Method | " + " | ".join(GEOMETRY_COLUMNS.values()) + " |",
-            "|---|" + "---:|" * len(GEOMETRY_COLUMNS),
-        ]
-        for m, entry in methods.items():
-            cells = [f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f}" if k in entry else "—"
-                     for k in GEOMETRY_COLUMNS]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        if dataset_task(ds) == "worst_group":
+            lines += _worst_group_section(params, ds, methods)
+        else:
+            lines += _coarse_to_fine_section(params, ds, methods)
         lines += ["", f"![test embeddings, PCA](projections/{ds}.png)", ""]
         lines += dataset_section(ds)
     lines += [
-        "Paper column: CIFAR-10 coarse (2) -> fine (10) top-1 from the official repository "
-        "(METHOD.md section 6), a different dataset and scale, shown for the expected ordering only.",
-        "",
-        "![fine accuracy](fine_accuracy.png)",
+        "![headline metric per method](headline.png)",
         "",
         f"Machine of the last report run: {machine_description()}.",
         "",
@@ -227,7 +300,6 @@ def results_markdown(params: Params, summary: dict[str, Any]) -> str:
 
 
 def bar_chart(params: Params, summary: dict[str, Any], path: Path) -> Path:
-    headline = params.report.headline
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,13 +310,15 @@ def bar_chart(params: Params, summary: dict[str, Any], path: Path) -> Path:
                              squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         methods = list(summary[ds])
+        headline = headline_of(params, ds)
         means = [summary[ds][m][headline]["mean"] for m in methods]
         stds = [summary[ds][m][headline]["std"] for m in methods]
         ax.bar(range(len(methods)), means, yerr=stds, capsize=4, color="#4c72b0")
         ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
         low = max(0.0, min(means) - 10.0)
         ax.set_ylim(low, 100.0)
-        ax.set(ylabel=f"{COARSE_TO_FINE_COLUMNS[headline]} (%)",
+        title = COARSE_TO_FINE_COLUMNS.get(headline) or HEADLINE_TITLES[headline]
+        ax.set(ylabel=f"{title} (%)",
                title=f"{ds}: mean ± std over {len(params.suite.seeds)} seeds")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, metadata={"Software": None}))
@@ -286,8 +360,9 @@ def projection_grid(params: Params, dataset: str, path: Path) -> Path:
 
 def write_report(params: Params, out_dir: Path) -> None:
     runs = collect(params)
-    summary = summarise(runs, params.report.baseline, params.report.headline)
-    bar_chart(params, summary, out_dir / "fine_accuracy.png")
+    summary = summarise(runs, params.report.baseline,
+                        {ds: headline_of(params, ds) for ds in params.suite.datasets})
+    bar_chart(params, summary, out_dir / "headline.png")
     for ds in params.suite.datasets:
         projection_grid(params, ds, out_dir / "projections" / f"{ds}.png")
     write_text(out_dir / "results.md", results_markdown(params, summary))

@@ -10,6 +10,29 @@ loss terms of METHOD.md sections 2-3 with the method's weights:
 Training is resumable (a checkpoint every ``checkpoint_every`` epochs holds the
 model, optimiser, schedule and RNG state), deterministic on CPU for a seed, and
 stops at the first non-finite loss, naming the epoch, step and term.
+
+Multi-process (DistributedDataParallel), when a process group is initialised (the
+train stage under ``torchrun``, see :func:`pipeline.distributed.process_group`):
+
+* every rank draws the same global batch order and augments the whole global batch
+  of ``batch_size`` images from the same random stream, then keeps its contiguous
+  slice of about ``batch_size / world`` images. The views are therefore exactly
+  those of one process, and the shared stream needs one saved RNG state to resume.
+  (Augmenting B instead of B / world images costs little: batched augmentation is
+  cheap next to the model, and on a GPU it is bound by kernel launches, not size.)
+* the contrastive terms gather the candidates of every rank (``gather=True``), the
+  per-row mean terms (ce, recon) are weighted by the ranks' shares
+  (:func:`pipeline.distributed.mean_over_ranks`): with DDP's gradient average the
+  update is that of one process holding the whole batch, and every rank computes,
+  logs and NaN-checks the whole-batch loss value;
+* BatchNorm normalises with per-rank batch statistics (``batch_size / world``
+  images), not synchronised; running statistics are rank 0's (DDP broadcasts
+  buffers from rank 0 before every forward). Backbones with BatchNorm (small_cnn,
+  the ResNets, the decoder) therefore train slightly differently from one process;
+* randomness inside the model (ViT dropout, drop-path) draws from a per-rank,
+  per-step seed, so ranks do not repeat each other's masks (the masks differ from
+  a one-process run's, but are as random and as reproducible);
+* only rank 0 shows progress and writes resume checkpoints; every rank reads one.
 """
 
 from __future__ import annotations
@@ -18,7 +41,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +51,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.augment import BatchAugment, channel_stats
 from pipeline.config import CONTRASTIVE_TERMS, DatasetParams, LossWeights, TrainParams
 from pipeline.data.records import Records
@@ -63,26 +89,65 @@ class Learner(nn.Module):
         c, h, _ = image_shape
         self.decoder = build_decoder(d, c, h, decoder_width) if weights.recon > 0 else None
 
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """images (N, C, H, W) -> embeddings (N, d), class logits (N, K) or None, reconstructions
+        (N, C, H, W) or None.
 
-def loss_terms(learner: Learner, views: Tensor, labels: Tensor, weights: LossWeights,
+        Every parameter is used here, in ``forward``: DistributedDataParallel and torch.compile
+        only see what runs through the wrapped module's forward.
+        """
+        z = self.encoder(images)
+        logits = self.head(z) if self.head is not None else None
+        recon = self.decoder(z) if self.decoder is not None else None
+        return z, logits, recon
+
+
+def loss_terms(model: nn.Module, views: Tensor, labels: Tensor, weights: LossWeights,
                opts: TrainParams) -> dict[str, Tensor]:
-    """The active loss terms for one batch of views (B, V, C, H, W) with labels (B,)."""
+    """The active loss terms for one batch of views (B, V, C, H, W) with labels (B,).
+
+    ``model`` is a :class:`Learner`, possibly wrapped (DDP, torch.compile). In a process group
+    the batch is this rank's share and every returned term is the whole global batch's value.
+    """
     b, v = views.shape[:2]
     flat = views.flatten(0, 1)  # (B*V, C, H, W), image-major: rows i*V .. i*V+V-1 are image i
-    z = learner.encoder(flat)  # (B*V, d)
+    z, logits, recon = model(flat)  # z: (B*V, d)
     active = weights.active()
     terms: dict[str, Tensor] = {}
     if "ce" in active:
-        terms["ce"] = F.cross_entropy(learner.head(z).float(), labels.repeat_interleave(v))
+        terms["ce"] = F.cross_entropy(logits.float(), labels.repeat_interleave(v))
     wanted = [t for t in CONTRASTIVE_TERMS if t in active]
     if wanted:
         terms.update(contrastive_losses(
             z.view(b, v, -1), labels, wanted, opts.temperature, pos_in_denom=opts.pos_in_denom,
             symmetric=opts.symmetric, reference_compat=opts.reference_compat,
+            gather=distributed.is_distributed(),
         ))
     if "recon" in active:
-        terms["recon"] = F.mse_loss(learner.decoder(z).float(), flat.float())
+        terms["recon"] = F.mse_loss(recon.float(), flat.float())
+    row_means = [t for t in ("ce", "recon") if t in terms]
+    if row_means and distributed.is_distributed():
+        # Means over this rank's rows -> whole-batch means (one all-reduce for both terms).
+        merged = distributed.mean_over_ranks(torch.stack([terms[t] for t in row_means]), b)
+        terms.update(zip(row_means, merged.unbind()))
     return terms
+
+
+@contextmanager
+def _rank_rng(seed: int, rank: int, step: int, device: torch.device) -> Iterator[None]:
+    """A per-rank random stream for one step, leaving the shared stream where it was.
+
+    The ranks share one random stream (same seed) so that they augment identically; the model's
+    own randomness (dropout, drop-path) must differ between ranks, or rank r's rows would get
+    exactly rank 0's masks.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        step_seed = int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+        torch.default_generator.manual_seed(step_seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(step_seed)
+        yield
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -143,6 +208,9 @@ def train(
     """Train an encoder on ``records``' training split with the loss ``weights``."""
     recipe = dataset.recipe
     device = select_device(opts.device)
+    world, rank = distributed.world_size(), distributed.rank()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
     if opts.cpu_threads:
         torch.set_num_threads(opts.cpu_threads)
     torch.manual_seed(seed)
@@ -159,19 +227,23 @@ def train(
                       recipe.decoder_width).to(device)
     if device.type == "cuda":
         learner = learner.to(memory_format=torch.channels_last)
-    forward_learner = learner
-    if opts.compile:
-        forward_learner = torch.compile(learner)  # type: ignore[assignment]
 
     batch = min(recipe.batch_size, len(images))
     steps_per_epoch = len(images) // batch  # drop the ragged last batch: contrastive terms want full batches
+    if batch < world:
+        raise ValueError(f"datasets.{records.name}.recipe.batch_size: the global batch ({batch} images) "
+                         f"must be at least the number of processes ({world})")
+    # This rank's rows of every global batch: contiguous, sizes differing by at most one.
+    lo, hi = batch * rank // world, batch * (rank + 1) // world
     total_steps = recipe.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(learner.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     warmup = recipe.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup))
 
-    key = fingerprint(dataset, weights, opts, seed, records.name)
+    # One process keeps its historical fingerprint; a multi-process run is another run (BatchNorm
+    # statistics per rank), so its resume state is not mixed up with a one-process one.
+    key = fingerprint(dataset, weights, opts, seed, records.name, *([{"world_size": world}] if world > 1 else []))
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume_path is not None and (state := _load_resume(resume_path, key)) is not None:
@@ -183,12 +255,20 @@ def train(
             torch.cuda.set_rng_state(state["rng_cuda"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
-        tqdm.write(f"resuming from {resume_path} at epoch {start_epoch}")
+        if rank == 0:
+            tqdm.write(f"resuming from {resume_path} at epoch {start_epoch}")
+
+    # Wrap after loading any resume state: DDP broadcasts rank 0's weights when it is built.
+    forward_model: nn.Module = learner
+    if world > 1:
+        forward_model = DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
+    if opts.compile:
+        forward_model = torch.compile(forward_model)  # type: ignore[assignment]
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16")
     active = weights.active()
     bar = tqdm(range(start_epoch, recipe.epochs), initial=start_epoch, total=recipe.epochs,
-               desc=f"{records.name} seed {seed}", disable=not progress, leave=False)
+               desc=f"{records.name} seed {seed}", disable=not progress or rank != 0, leave=False)
     for epoch in bar:
         learner.train()
         # The batch order of an epoch depends only on (seed, epoch), so a resumed run replays it.
@@ -198,9 +278,13 @@ def train(
         t0 = time.perf_counter()
         for step in range(steps_per_epoch):
             idx = order[step * batch:(step + 1) * batch]
-            views = augment.views(images[idx], recipe.views)
-            with autocast:
-                terms = loss_terms(forward_learner, views, labels[idx], weights, opts)
+            views, y = augment.views(images[idx], recipe.views), labels[idx]
+            model_rng = nullcontext()
+            if world > 1:
+                views, y = views[lo:hi], y[lo:hi]
+                model_rng = _rank_rng(seed, rank, epoch * steps_per_epoch + step, device)
+            with autocast, model_rng:
+                terms = loss_terms(forward_model, views, y, weights, opts)
             total = sum(active[t] * terms[t] for t in active)
             if not torch.isfinite(total):
                 bad = {t: float(v.detach()) for t, v in terms.items() if not torch.isfinite(v)}
@@ -216,6 +300,7 @@ def train(
             sums["total"] += float(total.detach())
         seconds = time.perf_counter() - t0
         record = {f"loss/{t}": s / steps_per_epoch for t, s in sums.items()}
+        # images/s of the whole job (all ranks): every rank times the same global batches.
         record.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], seconds=seconds,
                       images_per_s=steps_per_epoch * batch * recipe.views / seconds)
         history.append(record)
@@ -223,7 +308,9 @@ def train(
         if on_epoch is not None:
             on_epoch(record)
         done = epoch + 1
-        if resume_path is not None and done % opts.checkpoint_every == 0 and done < recipe.epochs:
+        # Rank 0's state resumes every rank: weights and optimiser state are replicated by DDP and
+        # the shared random stream is the same on every rank.
+        if resume_path is not None and rank == 0 and done % opts.checkpoint_every == 0 and done < recipe.epochs:
             state = {
                 "format": RESUME_FORMAT, "fingerprint": key, "epoch": done, "history": history,
                 "learner": learner.state_dict(), "optimizer": optimizer.state_dict(),

@@ -9,6 +9,7 @@ docs/datasets.md are verified and used without a download.
 import argparse
 import sys
 
+from pipeline.cli import signals_as_interrupts
 from pipeline.config import ParamsError, load_params
 from pipeline.data.download import DatasetError
 from pipeline.jobs import download_job
@@ -22,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a silent connection fails")
     args = parser.parse_args(argv)
     try:
-        download_job(load_params(args.params), args.dataset, download=not args.no_download, timeout=args.timeout)
+        with signals_as_interrupts():  # SIGTERM/SIGHUP clean up like Ctrl-C: no half-written cache
+            download_job(load_params(args.params), args.dataset, download=not args.no_download,
+                         timeout=args.timeout)
+    except KeyboardInterrupt:
+        print(f"interrupted: download@{args.dataset} stopped, nothing half-written was kept", file=sys.stderr)
+        return 130
     except (ParamsError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ParamsError) else 1

@@ -123,7 +123,8 @@ def test_statistics_match_a_loop_oracle(raw) -> None:
 
 
 def test_registry_knows_every_dataset_and_its_options() -> None:
-    assert set(registry.DATASETS) == {"digits", "cifar10", "cifar100", "cifar100u", "mnist", "waterbirds", "celeba"}
+    assert set(registry.DATASETS) == {"digits", "spurious_digits", "cifar10", "cifar100", "cifar100u", "mnist",
+                                     "waterbirds", "celeba"}
     assert set(registry.DATASETS) == set(DATASET_SOURCES)  # params validation knows the same names
     assert registry.DATASETS["cifar100u"].defaults == {
         "val_fraction": 0.1, "split_seed": 0, "counts": (500, 250, 100, 50, 50), "subsample_seed": 0,
@@ -205,3 +206,22 @@ def test_stage_cli_reports_missing_files_and_bad_options(tmp_path: Path, monkeyp
     assert stage.main(["--params", str(params), "--dataset", "cifar10"]) == 2
     assert "datasets.cifar10.prepare: " in (err := capsys.readouterr().err)
     assert "unknown options ['resolution']" in err
+
+
+def test_spurious_digits_tint_agrees_with_y_in_train_only() -> None:
+    from pipeline.data.spurious_digits import TINTS, load_spurious_digits
+
+    r = load_spurious_digits(correlation=0.95)
+    train, test = r.splits["train"], r.splits["test"]
+    agree = np.mean(train.labels["attribute"] == train.labels["y"])
+    assert 0.92 < agree < 0.98
+    assert 0.4 < np.mean(test.labels["attribute"] == test.labels["y"]) < 0.6
+    np.testing.assert_array_equal(train.labels["group"], 2 * train.labels["y"] + train.labels["attribute"])
+    # A background pixel (corner) carries exactly the tint of its attribute.
+    corner = train.images[:, :, 0, 0].astype(int)
+    blank = train.images.reshape(len(train), 3, -1).min(axis=2).min(axis=1) == 0
+    for a in (0, 1):
+        rows = (train.labels["attribute"] == a) & (corner.sum(axis=1) > 0)
+        assert rows.any()
+        np.testing.assert_array_equal(np.unique(corner[rows & blank], axis=0)[:1], [TINTS[a].astype(int)])
+    assert r.image_shape == (3, 8, 8)

@@ -108,7 +108,7 @@ def test_report_numbers_are_the_metrics_means(tiny_run: Path) -> None:
                                  - summary["digits"]["supcon"]["fine_head_acc"]["mean"], abs=1e-3)
     md = (tiny_run / "reports/results.md").read_text()
     assert "| thanos | concat[supcon_cnce, ce_ae] |" in md
-    assert (tiny_run / "reports/fine_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tiny_run / "reports/headline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_truncated_model_file_gives_a_clear_error(tiny_run: Path, tmp_path: Path) -> None:
@@ -136,3 +136,45 @@ def test_download_rejects_unknown_prepare_option(workdir: Path) -> None:
     with pytest.raises(ParamsError, match=r"datasets.digits.prepare: .*unknown options \['val_fractoin'\]"):
         jobs.download_job(validate(p), "digits")
     assert not (workdir / "data").exists()
+
+
+def test_worst_group_dataset_end_to_end(workdir: Path) -> None:
+    """spurious_digits: download -> train on y -> embed -> robustness metrics -> report section."""
+    p = tiny_params(epochs=2, methods=("supcon", "supcon_cnce", "ce_ae", "thanos"))
+    p["suite"]["datasets"] = ["spurious_digits"]
+    params = validate(p)
+    jobs.download_job(params, "spurious_digits")
+    for m in ("supcon", "supcon_cnce", "ce_ae"):
+        jobs.train_job(params, "spurious_digits", m, 0, progress=False)
+    for m in ("supcon", "supcon_cnce", "ce_ae", "thanos"):
+        jobs.embed_job(params, "spurious_digits", m, 0)
+    arrays = load_arrays(workdir / paths.embedding_path("spurious_digits", "thanos", 0))
+    assert arrays["train_x"].shape == (1077, 256) and str(arrays["meta_task"]) == "worst_group"
+    metrics = jobs.evaluate_job(params, "spurious_digits", "thanos", 0)
+    for head in ("erm", "discovered_gdro", "oracle_gdro", "oracle_balanced"):
+        assert 0.0 <= metrics[f"{head}/worst_group_acc"] <= metrics[f"{head}/mean_group_acc"] <= 100.0
+        assert {f"{head}/group_{g}_acc" for g in range(4)} <= set(metrics)
+    assert -1.0 <= metrics["discovery/ari"] <= 1.0
+    for m in ("supcon", "supcon_cnce", "ce_ae"):
+        jobs.evaluate_job(params, "spurious_digits", m, 0)
+    jobs.report_job(params)
+    md = (workdir / "reports/results.md").read_text()
+    assert "## spurious_digits: worst-group robustness" in md
+    assert "| thanos | concat[supcon_cnce, ce_ae] |" in md
+    summary = json.loads((workdir / "reports/summary.json").read_text())
+    assert summary["spurious_digits"]["thanos"]["lift_over_supcon"]["mean"] == pytest.approx(
+        summary["spurious_digits"]["thanos"]["discovered_gdro/worst_group_acc"]["mean"]
+        - summary["spurious_digits"]["supcon"]["discovered_gdro/worst_group_acc"]["mean"], abs=1e-3)
+
+
+def test_evaluate_runs_are_logged_with_metrics_and_pictures(tiny_run: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_run / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "thanos-bench/digits"]
+    runs = client.search_runs([exp.experiment_id], "tags.dvc_stage = 'evaluate_concat@digits-thanos-0'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics = json.loads((tiny_run / paths.metrics_path("digits", "thanos", 0)).read_text())
+    assert runs[0].data.metrics["fine_head_acc"] == pytest.approx(metrics["fine_head_acc"])
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"projection_coarse.png", "projection_fine.png"} <= artifacts

@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.data.cache import dataset_statistics, is_cached, write_cache
 from pipeline.data.celeba import download_celeba, load_celeba
 from pipeline.data.digits import download_digits, load_digits
+from pipeline.data.spurious_digits import download_spurious_digits, load_spurious_digits
 from pipeline.data.cifar import download_cifar10, download_cifar100, load_cifar10, load_cifar100, load_cifar100u
 from pipeline.data.mnist import download_mnist, load_mnist
 from pipeline.data.records import COARSE_TO_FINE, WORST_GROUP, Records
@@ -49,6 +50,7 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("digits", COARSE_TO_FINE, download_digits, load_digits),
+        DatasetSpec("spurious_digits", WORST_GROUP, download_spurious_digits, load_spurious_digits),
         DatasetSpec("cifar10", COARSE_TO_FINE, download_cifar10, load_cifar10),
         DatasetSpec("cifar100", COARSE_TO_FINE, download_cifar100, load_cifar100),
         DatasetSpec("cifar100u", COARSE_TO_FINE, download_cifar100, load_cifar100u),

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from pipeline.config import EvaluateParams
-from pipeline.data.records import COARSE_TO_FINE
+from pipeline.data.records import COARSE_TO_FINE, WORST_GROUP
 from pipeline.evaluation.geometry import geometry_metrics
 from pipeline.evaluation.probes import knn_accuracy, linear_probe, reference_head_probe
 
@@ -55,8 +55,31 @@ def coarse_to_fine_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParam
     return metrics
 
 
-def evaluate_embeddings(arrays: Mapping[str, np.ndarray], task: str, opts: EvaluateParams) -> dict[str, float]:
+def worst_group_metrics(arrays: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, float]:
+    """The robustness protocol of METHOD.md section 5 on frozen embeddings of a model trained on y.
+
+    ERM (linear head), GEORGE-style discovered groups + group DRO, and the two oracles that see
+    the true training groups; keys ``{method}/{metric}``, accuracies in percent; plus the
+    sub-group discovery scores and the geometry of the test embeddings by task label.
+    """
+    from pipeline.evaluation.robustness import evaluate_robustness
+
+    def triple(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return arrays[f"{split}_x"], arrays[f"{split}_y"], arrays[f"{split}_group"]
+
+    raw = evaluate_robustness(triple("train"), triple("val"), triple("test"), seed=seed)
+    metrics = {k: 100.0 * v if k.endswith("_acc") else v for k, v in raw.items()}
+    fine = arrays.get("test_fine")
+    geometry = geometry_metrics(arrays["test_x"], arrays["test_y"], fine=fine)
+    metrics.update({f"geom_{k}": v for k, v in geometry.items()})
+    return metrics
+
+
+def evaluate_embeddings(arrays: Mapping[str, np.ndarray], task: str, opts: EvaluateParams,
+                        seed: int = 0) -> dict[str, float]:
     """All metrics of one (dataset, method, seed) embedding file for its task."""
     if task == COARSE_TO_FINE:
         return coarse_to_fine_metrics(arrays, opts)
+    if task == WORST_GROUP:
+        return worst_group_metrics(arrays, seed)
     raise ValueError(f"no evaluation defined for task {task!r}")

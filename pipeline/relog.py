@@ -1,0 +1,182 @@
+"""Log finished runs to MLflow afterwards, from the DVC stage outputs alone.
+
+For when the tracking store was down (or a stage ran with another ``MLFLOW_TRACKING_URI``):
+every (dataset, method, seed) whose outputs exist becomes the MLflow runs its stages would have
+logged, in the current store (:func:`pipeline.tracking.tracking_uri`):
+
+* ``train@D-M-S``: params as the train stage logs them (from params.yaml), the per-epoch losses,
+  lr and images/s from ``history/M.json`` (step = epoch), the ``final/`` losses, the loss curve;
+* ``evaluate@D-M-S`` (``evaluate_concat@...`` for a concatenation): params, every number of
+  ``metrics/M.json``.
+
+Each run carries the stage's tags (dataset, method, seed, dvc_stage, git_commit: the commit
+checked out now) plus ``output_md5`` (md5 of the model / metrics file, as in ``dvc.lock``) and
+``relogged=true``. A run is skipped as *present* when the store already holds a FINISHED run of
+the same stage kind, dataset, method and seed with the same ``output_md5``: the same result, whether
+it was logged live or re-logged before, and whatever commit was checked out then. It is skipped as
+*stale* when ``dvc.lock`` says the output was made with other params than params.yaml has now, or
+records another hash for it (run ``dvc repro`` first); as *missing* when the output does not exist.
+The pictures of the embeddings that a live evaluate run attaches are not re-created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import paths
+from pipeline.config import Params, load_params
+from pipeline.io import read_json
+from pipeline.tracking import (EXPERIMENT_PREFIX, TrackingError, connect, file_md5, run_params,
+                               search_all_runs, start_run, tracking_uri)
+
+
+@dataclass(frozen=True)
+class RelogResult:
+    """What :func:`relog_runs` did with one stage: ``logged`` (``would log`` in a dry run),
+    ``present``, ``missing`` or ``stale``; ``detail`` says why."""
+
+    stage: str
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Target:
+    kind: str  # "train" | "evaluate": which job's run this is
+    stage: str  # the DVC stage name
+    dataset: str
+    method: str
+    seed: int
+    output: Path  # the file whose md5 identifies the result
+    inputs: tuple[Path, ...]  # every file the run is built from
+
+
+def _targets(params: Params, datasets: Iterable[str], methods: Iterable[str],
+             seeds: Iterable[int]) -> list[_Target]:
+    out = []
+    for d in datasets:
+        for m in methods:
+            for s in seeds:
+                if not params.is_concat(m):
+                    model, history = paths.model_path(d, m, s), paths.history_path(d, m, s)
+                    out.append(_Target("train", paths.stage_name("train", d, m, s), d, m, s, model,
+                                       (model, history)))
+                kind = "evaluate_concat" if params.is_concat(m) else "evaluate"
+                metrics = paths.metrics_path(d, m, s)
+                out.append(_Target("evaluate", paths.stage_name(kind, d, m, s), d, m, s, metrics, (metrics,)))
+    return out
+
+
+def _family(stage: str) -> str:
+    """``evaluate_concat@...`` and ``evaluate@...`` are one kind of run: both are "evaluate"."""
+    return stage.split("@")[0].removesuffix("_concat")
+
+
+_MISSING = object()
+
+
+def _lookup(raw: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _stale_reason(target: _Target, lock: Mapping[str, Any], raw: Mapping[str, Any]) -> str | None:
+    """Why ``dvc.lock`` says the target's outputs are not those of the current params, or None."""
+    entry = lock.get(target.stage)
+    if entry is None:
+        return None
+    for out in entry.get("outs", []):
+        path = Path(out["path"])
+        if path in target.inputs and path.is_file() and out.get("md5") and file_md5(path) != out["md5"]:
+            return f"{path} differs from the file dvc.lock records"
+    for values in (entry.get("params") or {}).values():
+        changed = [k for k, v in values.items() if _lookup(raw, k) != v]
+        if changed:
+            return f"params changed since it ran ({', '.join(changed)})"
+    return None
+
+
+def _present(client: Any, datasets: Iterable[str]) -> set[tuple[str, str, str, str, str]]:
+    """(kind, dataset, method, seed, output_md5) of every FINISHED run with an output hash."""
+    ids = [e.experiment_id for d in datasets
+           if (e := client.get_experiment_by_name(f"{EXPERIMENT_PREFIX}/{d}")) is not None]
+    if not ids:
+        return set()
+    keys = set()
+    for run in search_all_runs(client, ids, "attributes.status = 'FINISHED'"):
+        t = run.data.tags
+        if "output_md5" in t and "dvc_stage" in t:
+            keys.add((_family(t["dvc_stage"]), t.get("dataset", ""), t.get("method", ""), t.get("seed", ""),
+                      t["output_md5"]))
+    return keys
+
+
+def _log(target: _Target, params: Params) -> None:
+    logged = run_params(params, target.kind, target.dataset, target.method)
+    with start_run(target.stage, target.dataset, target.method, target.seed, logged,
+                   tags={"relogged": "true"}, strict=True) as run:
+        if target.kind == "train":
+            from pipeline.reports import loss_curve_figure
+
+            history = read_json(paths.history_path(target.dataset, target.method, target.seed))
+            run.log_history(history, step="epoch")
+            run.log_metrics({f"final/{k}": v for k, v in history[-1].items() if k.startswith("loss/")})
+            run.log_figure(loss_curve_figure(history, f"{target.dataset} / {target.method} / seed {target.seed}"),
+                           "loss_curve.png")
+        else:
+            run.log_metrics(read_json(target.output))
+
+
+def relog_runs(params_file: str | Path = "params.yaml", *, datasets: Iterable[str] | None = None,
+               methods: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
+               lock_file: str | Path = "dvc.lock", dry_run: bool = False,
+               echo: Callable[[RelogResult], None] | None = None) -> list[RelogResult]:
+    """Log every finished run of the suite (or of the given datasets / methods / seeds) that the
+    current tracking store lacks; see the module docstring. Paths are relative to the working
+    directory (the repository root). Raises :class:`pipeline.tracking.TrackingError` if the store
+    fails, :class:`pipeline.config.ParamsError` on a bad params file or an unknown name."""
+    params = load_params(params_file)
+    raw = yaml.safe_load(Path(params_file).read_text())
+    datasets = list(datasets or params.suite.datasets)
+    methods = list(methods or params.method_names)
+    seeds = list(params.suite.seeds if seeds is None else seeds)
+    for d in datasets:
+        params.check_dataset(d)
+    for m in methods:
+        params.check_method(m)
+    lock_path = Path(lock_file)
+    lock = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}) if lock_path.is_file() else {}
+
+    try:
+        present = _present(connect(), datasets)
+    except Exception as err:
+        raise TrackingError(f"MLflow: tracking store {tracking_uri()} unavailable "
+                            f"({type(err).__name__}: {err})") from err
+    results = []
+    for target in _targets(params, datasets, methods, seeds):
+        missing = [str(p) for p in target.inputs if not p.is_file()]
+        if missing:
+            result = RelogResult(target.stage, "missing", f"no {', '.join(missing)}")
+        elif reason := _stale_reason(target, lock, raw):
+            result = RelogResult(target.stage, "stale", f"{reason}: run `dvc repro` first")
+        elif (_family(target.stage), target.dataset, target.method, str(target.seed),
+              file_md5(target.output)) in present:
+            result = RelogResult(target.stage, "present")
+        else:
+            note = "" if target.stage in lock else "not in dvc.lock, params not checked"
+            if not dry_run:
+                _log(target, params)
+            result = RelogResult(target.stage, "would log" if dry_run else "logged", note)
+        if echo is not None:
+            echo(result)
+        results.append(result)
+    return results
