@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,47 @@ def tiny_params(epochs: int = 1, seeds: tuple[int, ...] = (0,),
 
 def write_params(path: Path, params: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on (free at the time of the call)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# What a DVC run of the project needs, copied into a scratch project by :func:`copy_project`.
+PROJECT_FILES = ["pipeline", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".gitignore"]
+
+
+def copy_project(root: Path, params: dict[str, Any]) -> Path:
+    """A scratch copy of the project at ``root`` (a git repository) with ``params`` as params.yaml."""
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    write_params(root / "params.yaml", params)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def prepare_in(root: Path, params: dict[str, Any]) -> Path:
+    """Write ``params`` to ``root/params.yaml`` and run the digits download stage there."""
+    from pipeline import jobs
+    from pipeline.config import validate
+
+    root.mkdir(parents=True, exist_ok=True)
+    path = write_params(root / "params.yaml", params)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        jobs.download_job(validate(params), "digits")
+    finally:
+        os.chdir(cwd)
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params, write_params
+from conftest import copy_project, tiny_params, write_params
 
-COPIED = ["pipeline", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".gitignore"]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -32,17 +30,8 @@ def _ran(log: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in COPIED:
-        src, dst = ROOT / name, root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    write_params(root / "params.yaml", tiny_params(epochs=1, methods=("supcon", "supcon_cnce", "ce_ae", "thanos")))
-    _run(["git", "init", "-q"], root)
-    return root
+    return copy_project(tmp_path_factory.mktemp("project"),
+                        tiny_params(epochs=1, methods=("supcon", "supcon_cnce", "ce_ae", "thanos")))
 
 
 

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, repo_params, tiny_params, write_params
+from conftest import ROOT, copy_project, free_port, repo_params, tiny_params, write_params
 from pipeline import jobs, paths
 from pipeline.cli import exclusive, stage_main
 from pipeline.config import ParamsError, validate
@@ -115,9 +114,7 @@ def _project_dir(root: Path, prepared: Path, params: dict) -> Path:
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real `mlflow server` on a free loopback port with a temporary SQLite store."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a loopback port nothing listens on
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     proc = _start([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{server_dir / 'store.db'}",
@@ -264,9 +261,7 @@ def test_relog_to_an_unreachable_store_is_an_error(workdir: Path, monkeypatch: p
     from stages.log_runs import main as log_runs_main
 
     write_params(workdir / "params.yaml", tiny_params(methods=("supcon",)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a loopback port nothing listens on
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     assert log_runs_main([]) == 1
@@ -338,26 +333,11 @@ def test_nan_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(
 # ------------------------------------------------- 4. kills
 
 
-COPIED = ["pipeline", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".gitignore"]
-
-
-def _dvc_project(root: Path, params: dict) -> Path:
-    for name in COPIED:
-        src, dst = ROOT / name, root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    write_params(root / "params.yaml", params)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    return root
-
 
 def test_sigkill_of_dvc_repro_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     target = "embed@digits-supcon-0"  # download -> train -> embed
     params = tiny_params(epochs=8, methods=("supcon",))
-    killed, reference = _dvc_project(tmp_path / "killed", params), _dvc_project(tmp_path / "reference", params)
+    killed, reference = copy_project(tmp_path / "killed", params), copy_project(tmp_path / "reference", params)
     dvc = [sys.executable, "-m", "dvc", "repro", target]
     # The project copies import their own pipeline/: no PYTHONPATH.
     env = {k: v for k, v in _env(killed).items() if k != "PYTHONPATH"}

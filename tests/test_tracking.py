@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
-from conftest import tiny_params
+from conftest import free_port, tiny_params
 from pipeline import jobs
 from pipeline.config import validate
 from pipeline.tracking import repository_root, start_run, tracking_uri
@@ -50,9 +49,7 @@ def test_failed_body_marks_the_run_failed(workdir: Path) -> None:
 
 def test_unreachable_store_warns_and_the_stage_still_writes(workdir: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as s:  # a port on loopback that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a loopback port nothing listens on
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

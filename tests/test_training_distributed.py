@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +29,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import tiny_params, write_params
-from pipeline import distributed, jobs, paths
+from conftest import free_port, prepare_in, tiny_params
+from pipeline import distributed, paths
 from pipeline.config import validate
 from pipeline.data.digits import load_digits
 from pipeline.data.records import Records, Split
@@ -121,16 +120,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp_train")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -232,14 +225,7 @@ def test_train_stage_under_torchrun(tmp_path: Path) -> None:
     """`torchrun --standalone --nproc_per_node 2 -m stages.train`: rank 0 alone writes and logs."""
     import mlflow
 
-    raw = tiny_params(epochs=2, methods=("supcon",))
-    params_file = write_params(tmp_path / "params.yaml", raw)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        jobs.download_job(validate(raw), "digits")
-    finally:
-        os.chdir(cwd)
+    params_file = prepare_in(tmp_path, tiny_params(epochs=2, methods=("supcon",)))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS="1")
     torchrun = Path(sys.executable).with_name("torchrun")

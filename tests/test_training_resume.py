@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_params, write_params
-from pipeline import jobs, paths
-from pipeline.config import validate
+from conftest import prepare_in, tiny_params
+from pipeline import paths
 
 EPOCHS = 12
 METHOD, SEED = "supcon", 0
@@ -30,15 +29,7 @@ METHOD, SEED = "supcon", 0
 
 def _project(root: Path) -> Path:
     """A scratch project: tiny params (checkpoint every epoch) and the prepared digits."""
-    root.mkdir()
-    raw = tiny_params(epochs=EPOCHS, methods=(METHOD,))
-    write_params(root / "params.yaml", raw)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        jobs.download_job(validate(raw), "digits")
-    finally:
-        os.chdir(cwd)
+    prepare_in(root, tiny_params(epochs=EPOCHS, methods=(METHOD,)))
     return root
 
 
