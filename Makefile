@@ -25,3 +25,10 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+
+# The paper suite (docs/paper_suite.md) as one DVC experiment: `make paper` on a CUDA machine;
+# `make paper SMOKE=1` runs its whole wiring on tiny fabricated data on a CPU in minutes.
+# SET='key=value ...' adds `dvc exp run -S` overrides, e.g. SET=datasets.cifar10.recipe.epochs=600.
+.PHONY: paper
+paper: $(STAMP)
+	$(BIN)/python -m stages.suite paper $(if $(filter 1 true yes,$(SMOKE)),--smoke) $(foreach s,$(SET),-S '$(s)')

@@ -147,8 +147,8 @@ def stage_main(description: str, job: Callable[..., Any], *, per_run: bool = Tru
             if per_run:  # a typo in a name fails here, before the lock or any work
                 params.check_dataset(args.dataset)
                 params.check_method(args.method)
-                if kind in ("embed", "evaluate") and params.is_concat(args.method):
-                    name = paths.stage_name(f"{kind}_concat", args.dataset, args.method, args.seed)
+                name = paths.stage_name(params.stage_kind(kind, args.dataset, args.method),
+                                        args.dataset, args.method, args.seed)
             # Under torchrun every rank runs this same command: each takes its own lock.
             rank = os.environ.get("RANK", "0")
             with exclusive(name if rank == "0" else f"{name}.rank{rank}"):

@@ -18,17 +18,37 @@ from pipeline.schema import ParamsError, build, constrained, did_you_mean
 LOSS_TERMS = ("ce", "supcon", "cnce", "simclr", "recon")
 CONTRASTIVE_TERMS = ("supcon", "cnce", "simclr")
 BACKBONES = ("small_cnn", "resnet18", "resnet50", "vit")
-AUGMENTATIONS = ("digits", "cifar", "none")
+AUGMENTATIONS = ("digits", "cifar", "crop_flip", "none")
 # The names in pipeline.data.registry.DATASETS (kept here so validation does not import the loaders).
 DATASET_SOURCES = ("digits", "spurious_digits", "cifar10", "cifar100", "cifar100u", "mnist", "waterbirds", "celeba")
 
 
 @dataclass(frozen=True)
+class RobustnessSuiteParams:
+    """Datasets run with a chosen subset of the methods (stage groups ``*_robust`` in dvc.yaml).
+
+    Meant for worst-group datasets: the robustness protocol needs only a few methods, and
+    running every ablation on them too would double the embedded suite's run time.
+    """
+
+    datasets: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    concat: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class SuiteParams:
-    """Which datasets and seeds a run covers."""
+    """Which datasets, methods and seeds a run covers.
+
+    ``datasets`` run with every method of ``methods``; ``robustness.datasets`` with the methods
+    listed there. ``smoke`` shrinks everything to a wiring check
+    on fabricated data (see :func:`pipeline.suites.apply_smoke`).
+    """
 
     datasets: list[str]
     seeds: list[int] = constrained(min=0)
+    robustness: RobustnessSuiteParams = field(default_factory=RobustnessSuiteParams)
+    smoke: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,27 @@ class Params:
     def method_names(self) -> list[str]:
         return [*self.methods.trained, *self.methods.concat]
 
+    @property
+    def suite_datasets(self) -> list[str]:
+        """Every dataset the suite runs: ``suite.datasets`` then ``suite.robustness.datasets``."""
+        return [*self.suite.datasets, *self.suite.robustness.datasets]
+
+    def methods_for(self, dataset: str) -> list[str]:
+        """The methods the suite runs on ``dataset`` (trained ones first), in params order."""
+        if dataset in self.suite.robustness.datasets:
+            chosen = {*self.suite.robustness.trained, *self.suite.robustness.concat}
+            return [m for m in self.method_names if m in chosen]
+        return self.method_names
+
+    def stage_kind(self, kind: str, dataset: str, method: str) -> str:
+        """The dvc.yaml stage group that runs ``kind`` ("train" | "embed" | "evaluate") of
+        (``dataset``, ``method``): ``evaluate_concat_robust`` and the like."""
+        if kind != "train" and self.is_concat(method):
+            kind += "_concat"
+        if dataset in self.suite.robustness.datasets:
+            kind += "_robust"
+        return kind
+
     def is_concat(self, method: str) -> bool:
         return method in self.methods.concat
 
@@ -162,12 +203,37 @@ class Params:
 def validate(data: object) -> Params:
     """Build :class:`Params` from parsed YAML and check cross-references."""
     params: Params = build(Params, data)
-    for i, name in enumerate(params.suite.datasets):
-        if name not in params.datasets:
-            raise ParamsError(
-                f"suite.datasets[{i}]: {name!r} is not defined under datasets"
-                f"{did_you_mean(name, params.datasets)}; defined: {', '.join(params.datasets)}"
-            )
+    robust = params.suite.robustness
+    for key, names in (("suite.datasets", params.suite.datasets), ("suite.robustness.datasets", robust.datasets)):
+        for i, name in enumerate(names):
+            if name not in params.datasets:
+                raise ParamsError(
+                    f"{key}[{i}]: {name!r} is not defined under datasets"
+                    f"{did_you_mean(name, params.datasets)}; defined: {', '.join(params.datasets)}"
+                )
+        if len(set(names)) != len(names):
+            raise ParamsError(f"{key}: datasets must be distinct, got {names}")
+    both = sorted(set(params.suite.datasets) & set(robust.datasets))
+    if both:
+        raise ParamsError(f"suite.robustness.datasets: {both} also in suite.datasets; a dataset runs "
+                          "either every method (suite.datasets) or the chosen ones (suite.robustness)")
+    if not params.suite_datasets:
+        raise ParamsError("suite.datasets: no dataset to run (suite.robustness.datasets is empty too)")
+    for key, names, known in (("trained", robust.trained, params.methods.trained),
+                              ("concat", robust.concat, params.methods.concat)):
+        for i, name in enumerate(names):
+            if name not in known:
+                raise ParamsError(
+                    f"suite.robustness.{key}[{i}]: {name!r} is not under methods.{key}"
+                    f"{did_you_mean(name, known)}; allowed: {', '.join(known)}")
+    for name in robust.concat:
+        missing = [part for part in params.methods.concat[name] if part not in robust.trained]
+        if missing:
+            raise ParamsError(f"suite.robustness.concat: {name!r} concatenates {missing}, which "
+                              "suite.robustness.trained does not train; add them there")
+    if robust.datasets and not robust.trained:
+        raise ParamsError("suite.robustness.trained: empty, but suite.robustness.datasets lists "
+                          f"{robust.datasets}; name the methods to run on them")
     if len(set(params.suite.seeds)) != len(params.suite.seeds):
         raise ParamsError(f"suite.seeds: seeds must be distinct, got {params.suite.seeds}")
     for name, weights in params.methods.trained.items():
@@ -205,6 +271,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     try:
+        if isinstance(data, dict) and isinstance(data.get("suite"), dict) and data["suite"].get("smoke") is True:
+            from pipeline.suites import apply_smoke
+
+            data = apply_smoke(data)  # the wiring check: tiny epochs and images (pipeline/suites.py)
         return validate(data)
     except ParamsError as err:
         raise ParamsError(f"{path}: {err}") from None

@@ -2,22 +2,27 @@
 
 An embedding file holds, for each split s in train/val/test, ``{s}_x`` (N, d)
 float32 and one ``{s}_{label}`` (N,) int64 per label role of the dataset
-(coarse/fine, or y/attribute/group).
+(coarse/fine, or y/attribute/group). With an augmentation recipe it also holds
+``test_view1_x`` and ``test_view2_x`` (N_test, d): the embeddings of two random
+augmentations of every test image (the training recipe), for alignment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.augment import Normalize
+from pipeline.augment import BatchAugment, Normalize
 from pipeline.data.records import SPLITS, Records
 from pipeline.models import build_encoder
 from pipeline.training import MODEL_FORMAT
+
+VIEW_KEYS: tuple[str, str] = ("test_view1_x", "test_view2_x")
+VIEW_CHUNK = 1024  # images per random draw: the views depend on it, so it is a constant
 
 
 class ModelFileError(ValueError):
@@ -47,20 +52,63 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 
 
 @torch.no_grad()
-def embed_images(encoder: nn.Module, normalize: Normalize, images: np.ndarray,
+def embed_images(encoder: nn.Module, normalize: Normalize, images: np.ndarray | torch.Tensor,
                  batch_size: int = 1024, device: str | torch.device = "cpu") -> np.ndarray:
-    """uint8 images (N, C, H, W) -> float32 embeddings (N, d), encoder in eval mode."""
+    """Images (N, C, H, W) -> float32 embeddings (N, d), encoder in eval mode.
+
+    ``images`` are uint8, or float already on the [0, 1] scale (augmented views).
+    """
     encoder.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
-        out.append(encoder(normalize(x)).float().cpu())
+        batch = images[start:start + batch_size]
+        x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.array(batch))
+        out.append(encoder(normalize(x.to(device))).float().cpu())
     return torch.cat(out).numpy()
 
 
-def embed_records(model_path: str | Path, records: Records,
-                  device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
-    """Embeddings and labels of every split, from one model file."""
+@torch.no_grad()
+def augmented_views(images: np.ndarray, recipe: str, seed: int = 0,
+                    n_views: int = 2) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Two (``n_views``) random augmentations of uint8 images (N, C, H, W), chunk by chunk.
+
+    Yields, per chunk of at most ``VIEW_CHUNK`` images, ``n_views`` float32 CPU tensors
+    (B, C, H, W) on the [0, 1] scale, before any model's normalisation: every model of a
+    concatenation normalises the *same* augmented images its own way. The random parameters
+    come from torch's CPU generator seeded with ``seed`` inside a forked RNG state, so the
+    views depend only on (images, recipe, seed), never on the device or on earlier draws.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W); got shape {images.shape}")
+    _, c, h, _ = images.shape
+    # Mean 0 and std 1: the augmentation's own normalisation becomes the identity.
+    augment = BatchAugment(recipe, c, h, torch.zeros(c), torch.ones(c))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(images), VIEW_CHUNK):
+            chunk = torch.from_numpy(np.array(images[start:start + VIEW_CHUNK]))
+            yield tuple(augment(chunk).float() for _ in range(n_views))
+
+
+def embed_views(encoder: nn.Module, normalize: Normalize, images: np.ndarray, recipe: str,
+                seed: int = 0, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N, d) of two seeded augmentations of every uint8 image (N, C, H, W)."""
+    first: list[np.ndarray] = []
+    second: list[np.ndarray] = []
+    for view1, view2 in augmented_views(images, recipe, seed):
+        first.append(embed_images(encoder, normalize, view1, device=device))
+        second.append(embed_images(encoder, normalize, view2, device=device))
+    return np.concatenate(first), np.concatenate(second)
+
+
+def embed_records(model_path: str | Path, records: Records, device: str | torch.device = "cpu", *,
+                  augment: str | None = None, view_seed: int = 0) -> dict[str, np.ndarray]:
+    """Embeddings and labels of every split, from one model file.
+
+    ``augment`` (a recipe of :mod:`pipeline.augment`, normally the dataset's training recipe)
+    adds ``test_view1_x`` / ``test_view2_x``: two augmented views of the test images, drawn
+    with ``view_seed`` (see :func:`augmented_views`); None adds nothing.
+    """
     encoder, normalize = load_encoder(model_path, device)
     arrays: dict[str, np.ndarray] = {}
     for s in SPLITS:
@@ -68,19 +116,27 @@ def embed_records(model_path: str | Path, records: Records,
         arrays[f"{s}_x"] = embed_images(encoder, normalize, split.images, device=device)
         for label, values in split.labels.items():
             arrays[f"{s}_{label}"] = values.astype(np.int64)
+    if augment is not None:
+        views = embed_views(encoder, normalize, records.splits["test"].images, augment,
+                            view_seed, device)
+        arrays.update(zip(VIEW_KEYS, views))
     return arrays
 
 
 def concat_embeddings(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate the features of several methods' embeddings of the same images (raw, unnormalised,
-    as the reference does); the label arrays must agree."""
+    """Concatenate the features (every ``*_x`` array) of several methods' embeddings of the same
+    images (raw, unnormalised, as the reference does); the label arrays must agree."""
     first = parts[0]
+    for p in parts[1:]:
+        if set(p) != set(first):
+            raise ValueError(f"cannot concatenate: arrays differ between methods "
+                             f"({sorted(set(p) ^ set(first))})")
     out = dict(first)
-    for s in SPLITS:
-        out[f"{s}_x"] = np.concatenate([p[f"{s}_x"] for p in parts], axis=1)
     for key in first:
-        if not key.endswith("_x"):
-            for p in parts[1:]:
-                if not np.array_equal(p[key], first[key]):
-                    raise ValueError(f"cannot concatenate: label array {key!r} differs between methods")
+        if key.endswith("_x"):
+            out[key] = np.concatenate([p[key] for p in parts], axis=1)
+            continue
+        for p in parts[1:]:
+            if not np.array_equal(p[key], first[key]):
+                raise ValueError(f"cannot concatenate: label array {key!r} differs between methods")
     return out

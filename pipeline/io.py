@@ -32,6 +32,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            # mkstemp creates 0600; give the file the mode open() would (0666 less the umask).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

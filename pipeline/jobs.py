@@ -32,7 +32,8 @@ def download_job(params: Params, dataset: str, *, download: bool = True, timeout
         resolve_options(spec.source, spec.prepare)
     except ValueError as err:
         raise ParamsError(f"datasets.{dataset}.prepare: {err}") from None
-    out = prepare(spec.source, params.data.raw_root, prepared_path(dataset), spec.prepare, download, timeout)
+    out = prepare(spec.source, params.data.raw_root, prepared_path(dataset), spec.prepare, download, timeout,
+                  fabricated=params.suite.smoke)
     stats = dataset_statistics(read_cache(out))
     table = stats.pivot_table(index=["label", "value", "name"], columns="split", values="count")
     print(f"{dataset}: prepared cache at {out}")
@@ -51,6 +52,7 @@ def train_job(params: Params, dataset: str, method: str, seed: int, *, progress:
 
     from pipeline import distributed
     from pipeline.data import load_prepared
+    from pipeline.hardware import describe
     from pipeline.io import atomic_write
     from pipeline.reports import loss_curve_figure
     from pipeline.tracking import Run, run_params, start_run
@@ -61,7 +63,7 @@ def train_job(params: Params, dataset: str, method: str, seed: int, *, progress:
     ds_params = params.datasets[dataset]
     weights = params.methods.trained[method]
     records = load_prepared(dataset, ds_params)
-    stage = paths.stage_name("train", dataset, method, seed)
+    stage = paths.stage_name(params.stage_kind("train", dataset, method), dataset, method, seed)
     logged = run_params(params, "train", dataset, method)
     with distributed.process_group(select_device(params.train.device).type):
         main = distributed.rank() == 0
@@ -77,7 +79,8 @@ def train_job(params: Params, dataset: str, method: str, seed: int, *, progress:
                             progress=progress)
             if not main:
                 return
-            model = dict(outcome.model, dataset=dataset, method=method, seed=seed)
+            model = dict(outcome.model, dataset=dataset, method=method, seed=seed,
+                         hardware=describe(select_device(params.train.device).type))
             atomic_write(paths.model_path(dataset, method, seed), lambda f: torch.save(model, f))
             write_json(paths.history_path(dataset, method, seed), outcome.history)
             run.log_metrics({f"final/{k}": v for k, v in outcome.history[-1].items() if k.startswith("loss/")})
@@ -95,7 +98,11 @@ def embed_job(params: Params, dataset: str, method: str, seed: int) -> None:
     params.check_method(method)
     records = load_prepared(dataset, params.datasets[dataset])
     parts = params.methods.concat.get(method, [method])
-    arrays = concat_embeddings([embed_records(paths.model_path(dataset, p, seed), records) for p in parts])
+    # Two augmented views of the test images (for alignment): the same images for every method,
+    # part and seed (view_seed 0), so alignment compares like with like.
+    augment = params.datasets[dataset].recipe.augment
+    arrays = concat_embeddings([embed_records(paths.model_path(dataset, p, seed), records, augment=augment)
+                                for p in parts])
     arrays["meta_task"] = np.array(records.task)
     save_arrays(paths.embedding_path(dataset, method, seed), arrays)
 
@@ -108,8 +115,7 @@ def evaluate_job(params: Params, dataset: str, method: str, seed: int) -> dict[s
     params.check_dataset(dataset)
     params.check_method(method)
     arrays = load_arrays(paths.embedding_path(dataset, method, seed))
-    stage = paths.stage_name("evaluate_concat" if params.is_concat(method) else "evaluate",
-                             dataset, method, seed)
+    stage = paths.stage_name(params.stage_kind("evaluate", dataset, method), dataset, method, seed)
     logged = run_params(params, "evaluate", dataset, method)
     with start_run(stage, dataset, method, seed, logged) as run:
         metrics = evaluate_embeddings(arrays, str(arrays["meta_task"]), params.evaluate, seed)
@@ -127,7 +133,7 @@ def _log_projections(run, arrays: dict[str, np.ndarray], title: str) -> None:
     from pipeline.evaluation.projection import plot_projection
 
     with tempfile.TemporaryDirectory() as tmp:
-        for label in ("coarse", "fine", "y", "group"):
+        for label in ("coarse", "fine", "group"):  # (worst-group: "group" already shows y)
             if f"test_{label}" in arrays:
                 path = plot_projection(arrays["test_x"], arrays[f"test_{label}"],
                                        Path(tmp) / f"projection_{label}.png", title=f"{title}: {label}")

@@ -60,21 +60,21 @@ def _targets(params: Params, datasets: Iterable[str], methods: Iterable[str],
              seeds: Iterable[int]) -> list[_Target]:
     out = []
     for d in datasets:
-        for m in methods:
+        for m in (m for m in methods if m in params.methods_for(d)):
             for s in seeds:
                 if not params.is_concat(m):
                     model, history = paths.model_path(d, m, s), paths.history_path(d, m, s)
-                    out.append(_Target("train", paths.stage_name("train", d, m, s), d, m, s, model,
-                                       (model, history)))
-                kind = "evaluate_concat" if params.is_concat(m) else "evaluate"
+                    out.append(_Target("train", paths.stage_name(params.stage_kind("train", d, m), d, m, s),
+                                       d, m, s, model, (model, history)))
                 metrics = paths.metrics_path(d, m, s)
-                out.append(_Target("evaluate", paths.stage_name(kind, d, m, s), d, m, s, metrics, (metrics,)))
+                out.append(_Target("evaluate", paths.stage_name(params.stage_kind("evaluate", d, m), d, m, s),
+                                   d, m, s, metrics, (metrics,)))
     return out
 
 
 def _family(stage: str) -> str:
-    """``evaluate_concat@...`` and ``evaluate@...`` are one kind of run: both are "evaluate"."""
-    return stage.split("@")[0].removesuffix("_concat")
+    """``evaluate_concat_robust@...`` and ``evaluate@...`` are one kind of run: "evaluate"."""
+    return stage.split("@")[0].removesuffix("_robust").removesuffix("_concat")
 
 
 _MISSING = object()
@@ -146,7 +146,7 @@ def relog_runs(params_file: str | Path = "params.yaml", *, datasets: Iterable[st
     fails, :class:`pipeline.config.ParamsError` on a bad params file or an unknown name."""
     params = load_params(params_file)
     raw = yaml.safe_load(Path(params_file).read_text())
-    datasets = list(datasets or params.suite.datasets)
+    datasets = list(datasets or params.suite_datasets)
     methods = list(methods or params.method_names)
     seeds = list(params.suite.seeds if seeds is None else seeds)
     for d in datasets:

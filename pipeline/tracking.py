@@ -93,10 +93,10 @@ def file_md5(path: str | Path) -> str:
 
 def stage_output(stage: str, dataset: str, method: str, seed: int) -> Path | None:
     """The DVC output a run of ``stage`` stands for (its ``output_md5`` tag), if the stage has one."""
-    kind = stage.split("@")[0]
+    kind = stage.split("@")[0].removesuffix("_robust").removesuffix("_concat")
     if kind == "train":
         return paths.model_path(dataset, method, seed)
-    if kind in ("evaluate", "evaluate_concat"):
+    if kind == "evaluate":
         return paths.metrics_path(dataset, method, seed)
     return None
 

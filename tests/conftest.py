@@ -25,19 +25,29 @@ def repo_params() -> dict[str, Any]:
 
 
 def tiny_params(epochs: int = 1, seeds: tuple[int, ...] = (0,),
-                methods: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The repository's params with tiny training settings (and optionally fewer methods)."""
+                methods: tuple[str, ...] | None = None, robustness: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The repository's params with tiny training settings (and optionally fewer methods).
+
+    Only digits runs unless ``robustness`` names datasets for ``suite.robustness`` (with the
+    repository's chosen methods there, restricted to ``methods``).
+    """
     p = copy.deepcopy(repo_params())
     p["suite"]["seeds"] = list(seeds)
-    recipe = p["datasets"]["digits"]["recipe"]
-    recipe["epochs"] = epochs
-    recipe["batch_size"] = 64
+    robust = p["suite"]["robustness"]
+    robust["datasets"] = list(robustness)
+    for ds in ("digits", *robustness):
+        recipe = p["datasets"][ds]["recipe"]
+        recipe["epochs"] = epochs
+        recipe["batch_size"] = 64
     p["evaluate"]["head"]["epochs"] = 3
     p["train"]["checkpoint_every"] = 1
     if methods is not None:
         p["methods"]["trained"] = {m: w for m, w in p["methods"]["trained"].items() if m in methods}
         p["methods"]["concat"] = {m: parts for m, parts in p["methods"]["concat"].items()
                                   if m in methods and all(x in methods for x in parts)}
+        robust["trained"] = [m for m in robust["trained"] if m in p["methods"]["trained"]]
+        robust["concat"] = [m for m in robust["concat"] if m in p["methods"]["concat"]
+                            and all(x in robust["trained"] for x in p["methods"]["concat"][m])]
     return p
 
 

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.augment import BatchAugment, Normalize, channel_stats
 
-RECIPES = ("digits", "cifar", "none")
+RECIPES = ("digits", "cifar", "crop_flip", "none")
 
 
 def _images(channels: int, size: int, n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -124,5 +124,18 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
     aug = _augment("digits", x)
     with pytest.raises(TypeError, match=r"uint8 images of shape \(B, C, H, W\), got dtype torch.float32"):
         aug(x.float())
-    with pytest.raises(ValueError, match="unknown augmentation recipe 'autoaugment'; allowed: digits, cifar, none"):
+    with pytest.raises(ValueError, match="unknown augmentation recipe 'autoaugment'; allowed: digits, cifar, crop_flip, none"):
         _augment("autoaugment", x)
+
+
+def test_crop_flip_keeps_colours_where_the_cifar_recipe_changes_them() -> None:
+    """A flat-colour image stays that colour under crop_flip (the label may be a colour, CelebA's
+    Blond_Hair); colour jitter and grayscale in the cifar recipe change it."""
+    colours = torch.tensor([[230, 200, 40], [30, 90, 220]], dtype=torch.uint8)
+    x = colours.repeat(32, 1)[:, :, None, None].expand(-1, -1, 32, 32).contiguous()  # (64, 3, 32, 32)
+    torch.manual_seed(0)
+    kept = _augment("crop_flip", x).views(x, 2)
+    changed = _augment("cifar", x).views(x, 2)
+    clean = _augment("none", x)(x)[:, None]
+    assert torch.allclose(kept, clean.expand_as(kept), atol=1e-4)
+    assert (changed - clean).abs().amax(dim=(2, 3, 4)).gt(0.1).float().mean() > 0.5

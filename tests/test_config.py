@@ -79,6 +79,38 @@ def test_suite_refers_to_undefined_dataset() -> None:
     assert "suite.datasets[0]: 'digit' is not defined under datasets (did you mean 'digits'?)" in msg
 
 
+def test_robustness_grid_runs_only_its_chosen_methods() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.suite_datasets == [*params.suite.datasets, *params.suite.robustness.datasets]
+    robust = params.suite.robustness.datasets[0]
+    assert params.methods_for(robust) == ["supcon", "supcon_cnce", "ce_ae", "thanos"]
+    assert params.methods_for("digits") == params.method_names
+    assert params.stage_kind("train", "digits", "supcon") == "train"
+    assert params.stage_kind("evaluate", "digits", "thanos") == "evaluate_concat"
+    assert params.stage_kind("embed", robust, "supcon") == "embed_robust"
+    assert params.stage_kind("evaluate", robust, "thanos") == "evaluate_concat_robust"
+
+
+def _robust(**changes):
+    return lambda p: p["suite"]["robustness"].update(changes)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (_robust(datasets=["spurious_digit"]),
+     "suite.robustness.datasets[0]: 'spurious_digit' is not defined under datasets (did you mean 'spurious_digits'?)"),
+    (_robust(datasets=["digits"]), "suite.robustness.datasets: ['digits'] also in suite.datasets"),
+    (_robust(datasets=["spurious_digits", "spurious_digits"]), "suite.robustness.datasets: datasets must be distinct"),
+    (_robust(trained=["supcon", "cnce"]), "suite.robustness.trained[1]: 'cnce' is not under methods.trained"),
+    (_robust(concat=["supcon"]), "suite.robustness.concat[0]: 'supcon' is not under methods.concat"),
+    (_robust(trained=["supcon", "ce_ae"]),
+     "suite.robustness.concat: 'thanos' concatenates ['supcon_cnce'], which suite.robustness.trained does not train"),
+    (_robust(trained=[], concat=[]), "suite.robustness.trained: empty, but suite.robustness.datasets lists"),
+    (lambda p: p["suite"].update(datasets=[], robustness={}), "suite.datasets: no dataset to run"),
+])
+def test_robustness_grid_errors_name_the_key(mutate, expected: str) -> None:
+    assert expected in _error(mutate)
+
+
 def test_report_baseline_must_be_a_method() -> None:
     assert "report.baseline: 'supcn' is not a method" in _error(lambda p: p["report"].update(baseline="supcn"))
 

@@ -30,17 +30,23 @@ def _ran(log: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_project(tmp_path_factory.mktemp("project"),
-                        tiny_params(epochs=1, methods=("supcon", "supcon_cnce", "ce_ae", "thanos")))
+    p = tiny_params(epochs=1, methods=("supcon", "supcon_cnce", "ce_ae", "thanos"),
+                    robustness=("spurious_digits",))
+    p["suite"]["robustness"]["trained"] = ["supcon_cnce", "ce_ae"]  # the second grid, kept small
+    return copy_project(tmp_path_factory.mktemp("project"), p)
 
 
 
 
 def test_repro_then_noop_then_only_the_edited_method(project: Path) -> None:
     first = _ran(_run([sys.executable, "-m", "dvc", "repro"], project))
-    assert len(first) == 1 + 3 + 3 + 1 + 4 + 1  # download, train, embed, embed_concat, evaluate x4, report
+    # digits: download, train x3, embed x3, embed_concat, evaluate x4; the robustness grid on
+    # spurious_digits: download, train x2, embed x2, embed_concat, evaluate x3; report
+    assert len(first) == (1 + 3 + 3 + 1 + 4) + (1 + 2 + 2 + 1 + 3) + 1
     summary = json.loads((project / "reports/summary.json").read_text())
     assert set(summary["digits"]) == {"supcon", "supcon_cnce", "ce_ae", "thanos"}
+    assert set(summary["spurious_digits"]) == {"supcon_cnce", "ce_ae", "thanos"}
+    assert "## spurious_digits: worst-group robustness" in (project / "reports/results.md").read_text()
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project)
     assert "fine_head_acc" in metrics
 
@@ -63,4 +69,8 @@ def test_stage_names_are_readable(project: Path) -> None:
     expected = {"download@digits", "report", "embed_concat@digits-thanos-0", "evaluate_concat@digits-thanos-0"}
     for m in ("supcon", "supcon_cnce", "ce_ae"):
         expected |= {f"train@digits-{m}-0", f"embed@digits-{m}-0", f"evaluate@digits-{m}-0"}
+    expected |= {"download_robust@spurious_digits", "embed_concat_robust@spurious_digits-thanos-0",
+                 "evaluate_concat_robust@spurious_digits-thanos-0"}
+    for m in ("supcon_cnce", "ce_ae"):
+        expected |= {f"{kind}_robust@spurious_digits-{m}-0" for kind in ("train", "embed", "evaluate")}
     assert names == expected

@@ -89,8 +89,8 @@ def test_metrics_move_the_right_way_from_collapsed_to_spread() -> None:
     assert spread["fine_knn_purity"] > 0.99
     # Views: a small perturbation aligns far better than an unrelated embedding.
     rng = np.random.default_rng(4)
-    near = geometry_metrics(x, coarse, view2=x + 0.01 * rng.normal(size=x.shape))["alignment"]
-    far = geometry_metrics(x, coarse, view2=rng.permutation(x))["alignment"]
+    near = geometry_metrics(x, coarse, views=(x, x + 0.01 * rng.normal(size=x.shape)))["alignment"]
+    far = geometry_metrics(x, coarse, views=(x, rng.permutation(x)))["alignment"]
     assert near < 0.01 < far
 
 
@@ -114,3 +114,15 @@ def test_pca_projection_separates_well_separated_groups() -> None:
     assert min(coords[coarse == 0, 0].max(), coords[coarse == 1, 0].max()) < max(
         coords[coarse == 0, 0].min(), coords[coarse == 1, 0].min()
     )
+
+
+def test_pca_2d_is_sklearns_pca() -> None:
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(200, 9)) @ rng.normal(size=(9, 9)) + 4.0
+    np.testing.assert_allclose(project_2d(x), PCA(n_components=2).fit_transform(x), atol=1e-8)
+    one_dim = project_2d(x[:, :1])
+    np.testing.assert_allclose(one_dim[:, 0], PCA(n_components=1).fit_transform(x[:, :1])[:, 0],
+                               atol=1e-8)
+    assert np.all(one_dim[:, 1] == 0.0)

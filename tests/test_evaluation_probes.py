@@ -8,7 +8,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.evaluation.probes import fit_logistic, knn_predict, knn_accuracy, linear_probe
+from pipeline.evaluation.common import FunctionalAdam
+from pipeline.evaluation.probes import (
+    fit_logistic,
+    knn_accuracy,
+    knn_predict,
+    linear_probe,
+    reference_head_probe,
+)
 
 
 def gaussian_classes(
@@ -139,3 +146,113 @@ def test_knn_accuracy_on_separable_classes() -> None:
     assert knn_accuracy(x[:400], y[:400], x[400:], y[400:], k=5) > 0.97
     with pytest.raises(ValueError, match="k must be"):
         knn_accuracy(x[:10], y[:10], x[400:], y[400:], k=11)
+
+
+def logistic_objective(x: np.ndarray, y: np.ndarray, k: int, c: float, model) -> float:
+    """The module docstring's objective, straight from the definition (numpy, per point)."""
+    w, b = model.weight.numpy(), model.bias.numpy()
+    total = 0.0
+    for xi, yi in zip(x, y):
+        z = xi @ w + b
+        logits = np.concatenate([[0.0], z]) if k == 2 else z
+        total += np.logaddexp.reduce(logits) - logits[yi]
+    return total / len(x) + (w * w).sum() / (2 * c * len(x))
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_warm_start_path_reaches_the_cold_start_optimum(n_classes: int) -> None:
+    # Nearly separable classes: large C is ill-conditioned, the hard case for a warm start.
+    x, y = gaussian_classes(700, 24, n_classes, sep=1.5, seed=10 + n_classes)
+    x = StandardScaler().fit_transform(x)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    held_out = torch.as_tensor(gaussian_classes(400, 24, n_classes, sep=1.5, seed=10 + n_classes)[0])
+    n_params, tol = 25 * (1 if n_classes == 2 else n_classes), 1e-8
+    warm = None
+    for c in (1e-3, 1e-1, 10.0, 1000.0):
+        warm = fit_logistic(xt, yt, n_classes, c, init=warm, tol=tol)
+        cold = fit_logistic(xt, yt, n_classes, c, tol=tol)
+        f_warm = logistic_objective(x, y, n_classes, c, warm)
+        f_cold = logistic_objective(x, y, n_classes, c, cold)
+        # With curvature mu >= 1 / (C N) (the penalty's, on the weights), a point whose max
+        # |gradient| is <= tol is within P tol^2 / (2 mu) of the optimum: so are both ends.
+        assert abs(f_warm - f_cold) <= n_params * tol**2 * c * len(x) / 2
+        np.testing.assert_array_equal(warm.predict(held_out).numpy(), cold.predict(held_out).numpy())
+
+
+def test_fit_logistic_warns_when_out_of_iterations() -> None:
+    x, y = gaussian_classes(300, 10, 3, sep=1.5, seed=0)
+    with pytest.warns(RuntimeWarning, match="max_iter"):
+        fit_logistic(torch.as_tensor(x), torch.as_tensor(y), 3, 100.0, max_iter=3)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_functional_adam_is_torch_adam_bit_for_bit(decoupled: bool) -> None:
+    torch.manual_seed(0)
+    start = [torch.randn(8, 3), torch.randn(3)]
+    ours = [p.clone() for p in start]
+    ref = [p.clone().requires_grad_(True) for p in start]
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    optimiser = cls(ref, lr=0.01, weight_decay=0.05)
+    step = FunctionalAdam(ours, lr=0.01, weight_decay=0.05, decoupled=decoupled)
+    for _ in range(200):
+        grads = [torch.randn_like(p) for p in start]
+        for p, g in zip(ref, grads):
+            p.grad = g.clone()
+        optimiser.step()
+        step(grads)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(ours, ref))
+
+
+def test_reference_head_matches_the_adamw_loop() -> None:
+    """The paper's protocol written plainly with torch.optim.AdamW and .backward()."""
+    x, y = gaussian_classes(500, 16, 4, sep=0.4, seed=6)
+    x = x.astype(np.float32)
+    tr, va, te = slice(0, 300), slice(300, 400), slice(400, None)
+    got = reference_head_probe(x[tr], y[tr], x[va], y[va], x[te], y[te], epochs=7, batch_size=64,
+                               device="cpu", seed=3)
+    gen = torch.Generator().manual_seed(3)
+    head = torch.nn.Linear(16, 4)
+    with torch.no_grad():
+        bound = 1.0 / np.sqrt(16)
+        head.weight.copy_(torch.rand(head.weight.shape, generator=gen) * 2 * bound - bound)
+        head.bias.copy_(torch.rand(head.bias.shape, generator=gen) * 2 * bound - bound)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
+    xt, yt = torch.as_tensor(x[tr]), torch.as_tensor(y[tr])
+    for _ in range(7):
+        order = torch.randperm(300, generator=gen)
+        for start in range(0, 300, 64):
+            idx = order[start:start + 64]
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(head(xt[idx]), yt[idx]).backward()
+            optimiser.step()
+    with torch.no_grad():
+        expected = head(torch.as_tensor(x[te])).argmax(dim=1).numpy()
+    np.testing.assert_array_equal(got.test_predictions, expected)
+
+
+def test_evaluation_avoids_slow_imports(tmp_path) -> None:
+    """No torch optimiser object (it imports torch._dynamo, ~0.8 s) and, for coarse-to-fine,
+    no scikit-learn: every evaluate stage would pay those imports."""
+    code = """
+import sys, numpy as np
+from pipeline.config import EvaluateParams, HeadParams
+from pipeline.evaluation.suite import evaluate_embeddings
+from pipeline.evaluation.projection import plot_projection
+rng = np.random.default_rng(0)
+a = {}
+for s, n in (("train", 120), ("val", 60), ("test", 60)):
+    fine = rng.integers(0, 4, n)
+    a[f"{s}_x"], a[f"{s}_fine"], a[f"{s}_coarse"] = rng.normal(size=(n, 8)) + fine[:, None], fine, fine // 2
+opts = EvaluateParams(probe_cs=[0.1, 1.0], knn_k=5, head=HeadParams(epochs=2))
+evaluate_embeddings(a, "coarse_to_fine", opts)
+plot_projection(a["test_x"], a["test_fine"], sys.argv[1])
+print(sorted(m for m in ("torch._dynamo", "sklearn") if m in sys.modules))
+"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png")], cwd=root,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sklearn.metrics import adjusted_rand_score
+
 from pipeline.evaluation.grouping import (
+    cluster_averaged_silhouette,
     discover_groups,
+    gaussian_like,
     discovery_scores,
     smallest_group_recall,
 )
@@ -93,17 +97,82 @@ def test_discovery_recovers_well_separated_hidden_groups() -> None:
     assert discovery_scores(discovery.assign(x_new, y), groups, y)["ari"] > 0.99
 
 
-def test_unimodal_class_stays_one_cluster() -> None:
+@pytest.mark.parametrize("normalize", [True, False])
+def test_unimodal_class_stays_one_cluster(normalize: bool) -> None:
     rng = np.random.default_rng(4)
     y = np.repeat([0, 1], 400)
     # Class 0: one anisotropic Gaussian (k-means would happily cut it). Class 1: two blobs.
-    x = rng.normal(size=(800, 6)) * np.array([3.0, 2.0, 1.0, 1.0, 1.0, 1.0])
-    x[y == 1] = rng.normal(size=(400, 6)) + 6.0 * (rng.random(400) < 0.3)[:, None] * np.eye(6)[1]
-    discovery = discover_groups(x, y, seed=0)
+    x = rng.normal(size=(800, 7)) * np.array([3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    x[y == 1] = rng.normal(size=(400, 7)) + 6.0 * (rng.random(400) < 0.3)[:, None] * np.eye(7)[1]
+    x[:, 6] = 10.0  # embeddings sit away from the origin (normalising is about the origin)
+    discovery = discover_groups(x, y, seed=0, normalize=normalize)
     assert [c.n_clusters for c in discovery.per_class] == [1, 2]
     # The Gaussian null is what keeps class 0 whole: without it k-means cuts the blob.
-    no_null = discover_groups(x, y, seed=0, min_gain=-1.0)
+    no_null = discover_groups(x, y, seed=0, normalize=normalize, min_gain=-1.0)
     assert [c.n_clusters for c in no_null.per_class] == [2, 2]
+
+
+def direction_minority(n: int, share: float, rng: np.random.Generator, d: int = 16):
+    """One class whose minority differs from the majority by *direction* only, while the
+    norm of every embedding varies threefold (as the CE head leaves it): (x, is_minority)."""
+    minority = rng.random(n) < share
+    direction = np.eye(d)[0] + 0.6 * minority[:, None] * np.eye(d)[1]
+    u = direction + 0.05 * rng.normal(size=(n, d))
+    norms = rng.uniform(5.0, 15.0, size=(n, 1))
+    return norms * u / np.linalg.norm(u, axis=1, keepdims=True), minority
+
+
+def test_small_minority_differing_by_direction_is_found_after_normalising() -> None:
+    rng = np.random.default_rng(6)
+    x, minority = direction_minority(600, 0.05, rng)
+    y = np.zeros(len(x), dtype=np.int64)
+    found = discover_groups(x, y, seed=0)
+    clusters = found.assign(x, y)
+    assert found.n_clusters == 2
+    assert adjusted_rand_score(minority, clusters) > 0.95
+    assert smallest_group_recall(clusters, minority.astype(int)) == 1.0
+    # The raw norms dominate the within-class variance: k-means cuts along the norm instead.
+    raw = discover_groups(x, y, seed=0, normalize=False)
+    assert adjusted_rand_score(minority, raw.assign(x, y)) < 0.2
+
+
+def test_outliers_do_not_become_groups() -> None:
+    rng = np.random.default_rng(7)
+    x, minority = direction_minority(600, 0.1, rng)
+    # Three stray points, close to each other and far from everything else.
+    far = 10.0 * np.eye(x.shape[1])[2] + 0.05 * rng.normal(size=(3, x.shape[1]))
+    x = np.concatenate([x, far])
+    y = np.zeros(len(x), dtype=np.int64)
+    tiny = discover_groups(x, y, seed=0, min_cluster_size=1)
+    floor = discover_groups(x, y, seed=0, min_cluster_size=10)
+    sizes = np.bincount(floor.assign(x, y))
+    assert sizes.min() >= 10 and floor.n_clusters == 2
+    assert adjusted_rand_score(minority, floor.assign(x, y)[:600]) > 0.95
+    # Without the floor, some k-means solution spends a cluster on the stray points.
+    assert np.bincount(tiny.assign(x, y)).min() < 10
+
+
+def test_cluster_averaged_silhouette_matches_loop() -> None:
+    rng = np.random.default_rng(8)
+    z, labels = rng.normal(size=(40, 3)), np.repeat([0, 1, 2], [30, 7, 3])
+    dist = np.linalg.norm(z[:, None] - z[None], axis=2)
+    s = []
+    for i in range(40):
+        own = labels == labels[i]
+        a = dist[i, own].sum() / (own.sum() - 1)
+        b = min(dist[i, labels == c].mean() for c in set(labels.tolist()) - {labels[i]})
+        s.append((b - a) / max(a, b))
+    s = np.array(s)
+    expected = np.mean([s[labels == c].mean() for c in range(3)])
+    assert cluster_averaged_silhouette(z, labels) == pytest.approx(expected, rel=1e-10)
+
+
+def test_gaussian_like_matches_moments() -> None:
+    rng = np.random.default_rng(9)
+    z = rng.normal(size=(4000, 5)) @ rng.normal(size=(5, 5)) + 3.0
+    null = gaussian_like(z, seed=0)
+    np.testing.assert_allclose(null.mean(axis=0), z.mean(axis=0), atol=0.15)
+    np.testing.assert_allclose(np.cov(null.T), np.cov(z.T), atol=0.15 * np.abs(np.cov(z.T)).max())
 
 
 def test_smallest_group_recall_by_hand() -> None:
@@ -123,3 +192,40 @@ def test_evaluate_robustness_rejects_bad_triples() -> None:
         evaluate_robustness(train, (val[0], val[1], val[2][:-1]), test)
     with pytest.raises(ValueError, match="triple"):
         evaluate_robustness(train, val[:2], test)
+
+
+def test_batched_group_dro_matches_one_config_at_a_time_with_autograd() -> None:
+    """Each configuration of the batched path, against the plain algorithm: its own linear
+    model, autograd, torch.optim.Adam (Sagawa et al.'s online group DRO, full batch)."""
+    import torch
+
+    from pipeline.evaluation.robustness import group_dro_path
+
+    rng = np.random.default_rng(10)
+    x, y, g = spurious(300, 0.9, rng, d=5)
+    g[:7] = -1  # points without a group count in no group loss
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    etas, wds, steps = (0.1, 1.0), (1e-3, 1e-1), 60
+    *_, (last, weight, bias) = group_dro_path(xt, yt, g, 2, etas, wds, steps=steps, every=25)
+    assert last == steps
+    ids = [gid for gid in np.unique(g) if gid >= 0]
+    for i, (eta, wd) in enumerate((e, w) for e in etas for w in wds):
+        w_ref = torch.zeros(5, 2, dtype=torch.float64, requires_grad=True)
+        b_ref = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        q = torch.full((len(ids),), 1.0 / len(ids), dtype=torch.float64)
+        optimiser = torch.optim.Adam([w_ref, b_ref], lr=0.01)
+        for _ in range(steps):
+            ce = torch.nn.functional.cross_entropy(xt @ w_ref + b_ref, yt, reduction="none")
+            losses = torch.stack([ce[torch.as_tensor(g == gid)].mean() for gid in ids])
+            with torch.no_grad():
+                q = q * torch.exp(eta * losses)
+                q = q / q.sum()
+            loss = (q * losses).sum() + 0.5 * wd * w_ref.square().sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        # Same arithmetic up to summation order; Adam's grad / sqrt(v) magnifies float64
+        # rounding where a gradient entry is near 0, hence not 1e-12. A wrong gradient is off
+        # by orders of magnitude more (steps move weights by up to lr = 0.01 each).
+        torch.testing.assert_close(weight[:, i], w_ref.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(bias[i], b_ref.detach(), rtol=1e-6, atol=1e-7)

@@ -42,3 +42,18 @@ def test_corrupt_array_file_names_the_file(tmp_path: Path) -> None:
         load_arrays(bad)
     with pytest.raises(FileNotFoundError, match="missing.npz: expected output of an earlier stage"):
         load_arrays(tmp_path / "missing.npz")
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    """mkstemp's 0600 must not leak: a metrics file is read by other users and tools."""
+    import os
+    import stat
+
+    from pipeline.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "m.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

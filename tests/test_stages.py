@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,9 @@ def test_report_numbers_are_the_metrics_means(tiny_run: Path) -> None:
                                  - summary["digits"]["supcon"]["fine_head_acc"]["mean"], abs=1e-3)
     md = (tiny_run / "reports/results.md").read_text()
     assert "| thanos | concat[supcon_cnce, ce_ae] |" in md
+    # hardware and wall-clock of the runs, read from the model files and histories
+    assert re.search(r"Trained on: CPU .*, torch 2\.\d+\.\d+.* \(3 runs\)", md)
+    assert re.search(r"\| thanos \|.*\| — \|", md) and re.search(r"\| supcon \|.* \d+\.\d\d ± 0\.00 \|", md)
     assert (tiny_run / "reports/headline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -140,8 +144,9 @@ def test_download_rejects_unknown_prepare_option(workdir: Path) -> None:
 
 def test_worst_group_dataset_end_to_end(workdir: Path) -> None:
     """spurious_digits: download -> train on y -> embed -> robustness metrics -> report section."""
-    p = tiny_params(epochs=2, methods=("supcon", "supcon_cnce", "ce_ae", "thanos"))
-    p["suite"]["datasets"] = ["spurious_digits"]
+    p = tiny_params(epochs=2, methods=("supcon", "supcon_cnce", "ce_ae", "thanos"),
+                    robustness=("spurious_digits",))
+    p["suite"]["datasets"] = []
     params = validate(p)
     jobs.download_job(params, "spurious_digits")
     for m in ("supcon", "supcon_cnce", "ce_ae"):
@@ -161,6 +166,7 @@ def test_worst_group_dataset_end_to_end(workdir: Path) -> None:
     md = (workdir / "reports/results.md").read_text()
     assert "## spurious_digits: worst-group robustness" in md
     assert "| thanos | concat[supcon_cnce, ce_ae] |" in md
+    assert "Published reference points" in md and "Trained on: CPU" in md
     summary = json.loads((workdir / "reports/summary.json").read_text())
     assert summary["spurious_digits"]["thanos"]["lift_over_supcon"]["mean"] == pytest.approx(
         summary["spurious_digits"]["thanos"]["discovered_gdro/worst_group_acc"]["mean"]

@@ -3,11 +3,17 @@
 ``prepare`` is the whole download stage: download (or verify files placed by hand) ->
 load through the dataset's one loader -> write the prepared cache atomically. A cache
 already built with the same options is left alone.
+
+In the smoke mode (``prepare(..., fabricated=True)``) a real dataset is not downloaded: a tiny
+copy in its exact on-disk format is written under ``<raw_root>/smoke/<name>`` and read by the
+same loader, verified against the copy's own md5s / split sizes. Its cache records
+``fabricated: true``, so a real run never takes it for the real data.
 """
 
 from __future__ import annotations
 
 import inspect
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +22,7 @@ from typing import Any
 from pipeline.data.cache import dataset_statistics, is_cached, write_cache
 from pipeline.data.celeba import download_celeba, load_celeba
 from pipeline.data.digits import download_digits, load_digits
+from pipeline.data.download import DatasetError
 from pipeline.data.spurious_digits import download_spurious_digits, load_spurious_digits
 from pipeline.data.cifar import download_cifar10, download_cifar100, load_cifar10, load_cifar100, load_cifar100u
 from pipeline.data.mnist import download_mnist, load_mnist
@@ -26,16 +33,22 @@ from pipeline.data.waterbirds import download_waterbirds, load_waterbirds
 RUNTIME_OPTIONS = frozenset({"workers"})
 # Loader arguments that only tests override (verification lists, not data choices).
 INTERNAL_OPTIONS = frozenset({"root", "checksums", "split_sizes"})
+# Where the smoke mode writes its fabricated copies, under data.raw_root (never a real file's place).
+SMOKE_FOLDER = "smoke"
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One real dataset: its task, downloader ``download(root, timeout)`` and loader ``load(root, **options)``."""
+    """One dataset: its task, downloader ``download(root, timeout)`` and loader ``load(root, **options)``.
+
+    ``embedded`` datasets ship with an installed package (nothing to download or fabricate).
+    """
 
     name: str
     task: str
     download: Callable[..., None]
     load: Callable[..., Records]
+    embedded: bool = False
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -49,8 +62,8 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("digits", COARSE_TO_FINE, download_digits, load_digits),
-        DatasetSpec("spurious_digits", WORST_GROUP, download_spurious_digits, load_spurious_digits),
+        DatasetSpec("digits", COARSE_TO_FINE, download_digits, load_digits, embedded=True),
+        DatasetSpec("spurious_digits", WORST_GROUP, download_spurious_digits, load_spurious_digits, embedded=True),
         DatasetSpec("cifar10", COARSE_TO_FINE, download_cifar10, load_cifar10),
         DatasetSpec("cifar100", COARSE_TO_FINE, download_cifar100, load_cifar100),
         DatasetSpec("cifar100u", COARSE_TO_FINE, download_cifar100, load_cifar100u),
@@ -83,6 +96,11 @@ def load(name: str, root: str | Path, **options: Any) -> Records:
     return get_spec(name).load(root, **resolve_options(name, options))
 
 
+def smoke_root(root: str | Path, name: str) -> Path:
+    """Where the smoke mode writes its fabricated copy of dataset ``name``: ``<root>/smoke/<name>``."""
+    return Path(root) / SMOKE_FOLDER / name
+
+
 def prepare(
     name: str,
     root: str | Path,
@@ -90,20 +108,46 @@ def prepare(
     options: Mapping[str, Any] | None = None,
     download: bool = True,
     timeout: float = 30.0,
+    *,
+    fabricated: bool = False,
 ) -> Path:
     """Download (if ``download``) and load dataset ``name``, then write its cache to ``out``.
 
     Returns ``out``. A complete cache at ``out`` built with the same options is reused.
+    With ``fabricated`` (the smoke mode), a real dataset is neither downloaded nor read from
+    ``root``: a tiny copy in its real format is written to :func:`smoke_root` and loaded by the
+    same loader, verified against that copy's md5s / split sizes; the cache's recorded params
+    carry ``fabricated: true``. Embedded datasets load as usual either way.
     """
     spec = get_spec(name)
     resolved = resolve_options(name, options or {})
     params = {"dataset": name, **{k: v for k, v in resolved.items() if k not in RUNTIME_OPTIONS}}
+    fabricate = fabricated and not spec.embedded
+    if fabricate:
+        params["fabricated"] = True
     if is_cached(out, params):
         return Path(out)
-    if download:
-        spec.download(root, timeout=timeout)
-    records = spec.load(root, **resolved)
+    if fabricate:
+        root, verification = _fabricate(name, root)
+    else:
+        verification = {}
+        if download:
+            spec.download(root, timeout=timeout)
+    records = spec.load(root, **resolved, **verification)
     return write_cache(records, out, params)
 
 
-__all__ = ["DATASETS", "DatasetSpec", "dataset_statistics", "get_spec", "load", "prepare", "resolve_options"]
+def _fabricate(name: str, root: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Write the smoke copy of ``name`` under ``root``: (its root, the loader's verification options)."""
+    from pipeline.data.fabricate import SMOKE_WRITERS, fabricate_smoke
+
+    if name not in SMOKE_WRITERS:
+        raise DatasetError(f"{name}: no fabricated copy for the smoke mode (suite.smoke); datasets with "
+                           f"one: {', '.join(SMOKE_WRITERS)} (pipeline/data/fabricate.py)")
+    copy = smoke_root(root, name)
+    # Rewritten every time (the bytes are deterministic), so a copy a crash left half-written is never read.
+    shutil.rmtree(copy, ignore_errors=True)
+    return copy, fabricate_smoke(name, copy)
+
+
+__all__ = ["DATASETS", "DatasetSpec", "dataset_statistics", "get_spec", "load", "prepare", "resolve_options", "smoke_root"]

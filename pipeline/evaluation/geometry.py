@@ -117,20 +117,20 @@ def geometry_metrics(
     labels: np.ndarray,
     *,
     fine: np.ndarray | None = None,
-    view2: np.ndarray | None = None,
+    views: tuple[np.ndarray, np.ndarray] | None = None,
     k: int = 10,
     seed: int = 0,
 ) -> dict[str, float]:
     """Flat dict of the metrics above for (N, D) embeddings ``x`` with (N,) class ``labels``.
 
-    ``fine`` (N,) adds fine-label kNN purity inside each class of ``labels``; ``view2``, the
-    (N, D) embeddings of a second augmented view of the same inputs, adds alignment.
+    ``fine`` (N,) adds fine-label kNN purity inside each class of ``labels``; ``views``, the
+    (M, D) embeddings of two augmented views of the same M inputs, adds alignment.
     """
     out = {"uniformity": uniformity(x, seed=seed)}
     out.update({f"class_spread_{key}": v for key, v in class_spread(x, labels).items()})
     if fine is not None:
         purity = fine_knn_purity(x, labels, fine, k=k)
         out.update({f"fine_knn_{key}": v for key, v in purity.items()})
-    if view2 is not None:
-        out["alignment"] = alignment(x, view2)
+    if views is not None:
+        out["alignment"] = alignment(*views)
     return out

@@ -1,20 +1,35 @@
-"""2-D pictures of embeddings: PCA or t-SNE, coloured by a label, saved as a PNG."""
+"""2-D pictures of embeddings: PCA or t-SNE, coloured by a label, saved as a PNG.
+
+PCA is an exact SVD in numpy (scikit-learn's PCA, sign convention included, without importing
+scikit-learn); t-SNE and matplotlib are imported only when used, because the evaluate stage
+pays every import on every run.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from pipeline.evaluation.common import check_features, check_labels
 
 METHODS = ("pca", "tsne")
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N, 2) scores on the top two principal axes (zero-padded when D < 2).
+
+    Each axis is signed so that its largest-magnitude loading is positive, as scikit-learn's
+    PCA does, so the pictures do not flip between runs or libraries.
+    """
+    centred = x - x.mean(axis=0)
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+    p = min(2, vt.shape[0])
+    signs = np.sign(vt[np.arange(p), np.argmax(np.abs(vt[:p]), axis=1)])
+    signs[signs == 0] = 1.0
+    coords = u[:, :p] * s[:p] * signs
+    return np.pad(coords, ((0, 0), (0, 2 - p)))  # 1-D input: y = 0
 
 
 def project_2d(x: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.ndarray:
@@ -25,8 +40,9 @@ def project_2d(x: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.ndarr
     if len(x) < 3:
         raise ValueError(f"a 2-D projection needs at least 3 points; got {len(x)}")
     if method == "pca":
-        coords = PCA(n_components=min(2, x.shape[1]), random_state=seed).fit_transform(x)
-        return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))  # 1-D input: y = 0
+        return pca_2d(x)
+    from sklearn.manifold import TSNE
+
     perplexity = min(30.0, (len(x) - 1) / 3)  # t-SNE requires perplexity < N
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     return tsne.fit_transform(x)
@@ -49,6 +65,10 @@ def plot_projection(
     Up to 20 distinct labels get a categorical palette and a legend (entries
     ``label_names[label]``, indexed by label value, when given); more get a continuous map.
     """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     x = check_features(x, "x")
     labels = check_labels(labels, len(x), "labels")
     if label_names is not None and (labels.min() < 0 or labels.max() >= len(label_names)):

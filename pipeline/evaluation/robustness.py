@@ -14,8 +14,8 @@ and only the chosen head touches the test split:
 
 Group DRO is the online algorithm of Sagawa et al. (2020), full batch: group weights
 q <- q * exp(eta * L_g) (normalised) after each step, loss sum_g q_g L_g + wd/2 ||W||^2, Adam.
-All (eta, wd) pairs train at once as one batched model; checkpoints every ``eval_every``
-steps are candidates too (early stopping is part of the model selection).
+All (eta, wd) pairs train at once as one batched model (:func:`group_dro_path`); checkpoints
+every ``eval_every`` steps are candidates too (early stopping is part of the model selection).
 
 Metrics (fractions in [0, 1]) are computed on the *true* test groups for every method.
 """
@@ -23,13 +23,14 @@ Metrics (fractions in [0, 1]) are computed on the *true* test groups for every m
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pipeline.evaluation.common import (
+    FunctionalAdam,
     accuracy,
     check_split,
     encode_labels,
@@ -103,11 +104,63 @@ def _onehot_present(groups: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(onehot, device=device)
 
 
-def _batched_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (N, D), weight (H, D, K), bias (H, 1, K) -> (H, N, K) logits with one matmul."""
-    h, d, k = weight.shape
-    flat = x @ weight.permute(1, 0, 2).reshape(d, h * k)  # (N, H * K)
-    return flat.reshape(len(x), h, k).transpose(0, 1) + bias
+def group_dro_path(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    train_g: np.ndarray,
+    n_classes: int,
+    etas: Sequence[float],
+    weight_decays: Sequence[float],
+    *,
+    steps: int = 1000,
+    lr: float = 0.01,
+    every: int = 50,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Online group DRO for every (eta, weight decay) pair at once; yields checkpoints.
+
+    train_x (N, D) float, train_y (N,) long, train_g (N,) numpy group ids (-1: no group).
+    Configuration h = (etas[i], weight_decays[j]) in ``itertools.product`` order. Yields
+    (step, weight (D, H, K), bias (H, K)) after every ``every`` steps and after the last;
+    the tensors are the live parameters (clone what you keep).
+
+    Each step is Sagawa et al.'s: group losses L_hg; q_h <- q_h * exp(eta_h L_hg),
+    normalised; then an Adam step on sum_g q_hg L_hg + wd_h / 2 ||W_h||^2. The gradient is
+    written out (d CE / d logits = p - onehot, each point weighted q_h[g] / n_g) rather than
+    taken by autograd, and the layout (N, H, K) keeps every reduction on contiguous memory:
+    together about 3x fewer seconds per step, same arithmetic up to float rounding.
+    """
+    if steps < 1 or every < 1:
+        raise ValueError(f"steps and eval_every must be >= 1; got {steps}, {every}")
+    grid = list(itertools.product(etas, weight_decays))
+    if not grid:
+        raise ValueError("etas and weight_decays must be non-empty")
+    dev, dtype = train_x.device, train_x.dtype
+    n, h, d, k = len(train_x), len(grid), train_x.shape[1], n_classes
+    eta = torch.tensor([e for e, _ in grid], device=dev, dtype=dtype)[:, None]  # (H, 1)
+    wd = torch.tensor([w for _, w in grid], device=dev, dtype=dtype)[None, :, None]  # (1, H, 1)
+    onehot = _onehot_present(train_g, dev)  # (N, G)
+    group_mean = onehot / onehot.sum(dim=0)  # column g averages over group g
+    targets = torch.nn.functional.one_hot(train_y, k).to(dtype)[:, None, :]  # (N, 1, K)
+    y_idx = train_y[:, None, None].expand(n, h, 1)
+    x_t = train_x.T.contiguous()
+
+    weight = torch.zeros(d, h, k, device=dev, dtype=dtype)
+    bias = torch.zeros(h, k, device=dev, dtype=dtype)
+    log_q = torch.full((h, onehot.shape[1]), -np.log(onehot.shape[1]), device=dev, dtype=dtype)
+    adam_step = FunctionalAdam([weight, bias], lr=lr)
+    for step in range(1, steps + 1):
+        logits = (train_x @ weight.view(d, h * k)).view(n, h, k) + bias  # (N, H, K)
+        log_p = torch.log_softmax(logits, dim=2)
+        ce = -log_p.gather(2, y_idx)[:, :, 0]  # (N, H)
+        group_loss = (group_mean.T @ ce).T  # (H, G)
+        log_q = log_q + eta * group_loss  # exponentiated-gradient ascent on the group weights
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+        point_weight = group_mean @ log_q.exp().T  # (N, H): q_h[g(n)] / n_g(n)
+        d_logits = (log_p.exp() - targets) * point_weight[:, :, None]  # (N, H, K)
+        grad_weight = (x_t @ d_logits.view(n, h * k)).view(d, h, k) + wd * weight
+        adam_step([grad_weight, d_logits.sum(dim=0)])
+        if step % every == 0 or step == steps:
+            yield step, weight, bias
 
 
 def fit_group_dro(
@@ -129,54 +182,29 @@ def fit_group_dro(
 
     train_x (N, D) and val_x (M, D) float64 tensors on one device; train_y/val_y (N,)/(M,)
     long class indices; train_g/val_g (N,)/(M,) numpy group ids (val ids need not match train
-    ids: only val accuracy per val group is used). Zero start and full batches make it
+    ids: only val accuracy per val group is used). Every checkpoint of
+    :func:`group_dro_path` is a candidate. Zero start and full batches make it
     deterministic. Ties in (val worst-group, val mean) accuracy keep the earliest candidate.
     """
-    if steps < 1 or eval_every < 1:
-        raise ValueError(f"steps and eval_every must be >= 1; got {steps}, {eval_every}")
     grid = list(itertools.product(etas, weight_decays))
-    if not grid:
-        raise ValueError("etas and weight_decays must be non-empty")
-    dev, dtype = train_x.device, train_x.dtype
-    h, d = len(grid), train_x.shape[1]
-    eta = torch.tensor([e for e, _ in grid], device=dev, dtype=dtype)[:, None]  # (H, 1)
-    wd = torch.tensor([w for _, w in grid], device=dev, dtype=dtype)[:, None, None]
-    train_oh = _onehot_present(train_g, dev)  # (N, G)
-    train_mean = train_oh / train_oh.sum(dim=0)  # column g averages over group g
+    dev = train_x.device
     val_oh = _onehot_present(val_g, dev)
     val_oh, val_keep = val_oh[val_g >= 0], torch.as_tensor(val_g >= 0, device=dev)
-
-    weight = torch.zeros(h, d, n_classes, device=dev, dtype=dtype, requires_grad=True)
-    bias = torch.zeros(h, 1, n_classes, device=dev, dtype=dtype, requires_grad=True)
-    log_q = torch.full((h, train_oh.shape[1]), -np.log(train_oh.shape[1]), device=dev, dtype=dtype)
-    optimiser = torch.optim.Adam([weight, bias], lr=lr)
+    vx, vy = val_x[val_keep], val_y[val_keep]
     best: tuple[float, float] = (-1.0, -1.0)
     chosen: SelectedHead | None = None
-    for step in range(1, steps + 1):
-        logits = _batched_logits(train_x, weight, bias)  # (H, N, K)
-        ce = -torch.log_softmax(logits, dim=2).gather(
-            2, train_y.expand(h, -1)[..., None]
-        ).squeeze(2)  # (H, N)
-        group_loss = ce @ train_mean  # (H, G)
-        with torch.no_grad():  # exponentiated-gradient ascent on the group weights
-            log_q = log_q + eta * group_loss
-            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
-        # Independent configurations: summing their objectives keeps Adam's updates separate.
-        loss = (log_q.exp() * group_loss).sum() + 0.5 * (wd * weight.square()).sum()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if step % eval_every and step != steps:
-            continue
-        with torch.no_grad():
-            val_logits = _batched_logits(val_x[val_keep], weight, bias)
-            worst, mean = _worst_and_mean(val_logits.argmax(dim=2), val_y[val_keep], val_oh)
+    path = group_dro_path(train_x, train_y, train_g, n_classes, etas, weight_decays,
+                          steps=steps, lr=lr, every=eval_every)
+    for step, weight, bias in path:
+        d, h, k = weight.shape
+        pred = ((vx @ weight.view(d, h * k)).view(len(vx), h, k) + bias).argmax(dim=2)
+        worst, mean = _worst_and_mean(pred.T, vy, val_oh)
         for i in range(h):
             score = (float(worst[i]), float(mean[i]))
             if score > best:
                 best = score
                 chosen = SelectedHead(
-                    model=LogisticModel(weight[i].detach().clone(), bias[i, 0].detach().clone()),
+                    model=LogisticModel(weight[:, i].clone(), bias[i].clone()),
                     val_worst_group_acc=score[0],
                     val_mean_acc=score[1],
                     hyperparameters={"eta": grid[i][0], "weight_decay": grid[i][1], "steps": step},

@@ -11,6 +11,17 @@ from pipeline.data.records import COARSE_TO_FINE, WORST_GROUP
 from pipeline.evaluation.geometry import geometry_metrics
 from pipeline.evaluation.probes import knn_accuracy, linear_probe, reference_head_probe
 
+# Embeddings of two augmented views of every test image (pipeline.embeddings.VIEW_KEYS),
+# present when the embed stage was given the dataset's augmentation recipe.
+VIEW_KEYS = ("test_view1_x", "test_view2_x")
+
+
+def _views(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two augmented test views, or None for an embedding file without them."""
+    if not all(key in arrays for key in VIEW_KEYS):
+        return None
+    return arrays[VIEW_KEYS[0]], arrays[VIEW_KEYS[1]]
+
 
 def _split(arrays: Mapping[str, np.ndarray], label: str) -> list[np.ndarray]:
     """[train_x, train_y, val_x, val_y, test_x, test_y] for one label role."""
@@ -42,8 +53,10 @@ def coarse_to_fine_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParam
         "fine_knn_acc": 100.0 * knn_accuracy(tr_x, tr_y, te_x, te_y, k=opts.knn_k),
         "coarse_probe_acc": 100.0 * coarse.test_accuracy,
     }
-    # Geometry of the test embeddings (L2-normalised): how collapsed each coarse class is.
-    geometry = geometry_metrics(arrays["test_x"], arrays["test_coarse"], fine=te_y)
+    # Geometry of the test embeddings (L2-normalised): how collapsed each coarse class is, and
+    # (with augmented views) how far two views of one image land apart.
+    geometry = geometry_metrics(arrays["test_x"], arrays["test_coarse"], fine=te_y,
+                                views=_views(arrays))
     metrics.update({f"geom_{k}": v for k, v in geometry.items()})
     # Fine accuracy inside each coarse class: where the sub-class structure was lost.
     test_coarse = arrays["test_coarse"]
@@ -70,7 +83,7 @@ def worst_group_metrics(arrays: Mapping[str, np.ndarray], seed: int = 0) -> dict
     raw = evaluate_robustness(triple("train"), triple("val"), triple("test"), seed=seed)
     metrics = {k: 100.0 * v if k.endswith("_acc") else v for k, v in raw.items()}
     fine = arrays.get("test_fine")
-    geometry = geometry_metrics(arrays["test_x"], arrays["test_y"], fine=fine)
+    geometry = geometry_metrics(arrays["test_x"], arrays["test_y"], fine=fine, views=_views(arrays))
     metrics.update({f"geom_{k}": v for k, v in geometry.items()})
     return metrics
 

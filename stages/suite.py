@@ -1,0 +1,71 @@
+"""Run a named suite as a DVC experiment: see :mod:`pipeline.suites`.
+
+    python -m stages.suite paper [--smoke] [--dry-run] [-S KEY=VALUE ...]
+
+``make paper`` and ``make paper SMOKE=1`` call this. It runs ``dvc exp run`` with the suite's
+``-S`` overrides (``--dry-run`` only prints the command); extra ``-S`` overrides go last and win,
+e.g. ``-S datasets.cifar10.recipe.epochs=600``.
+
+The real suite runs in the workspace: params.yaml keeps the suite's settings afterwards
+(``git checkout params.yaml`` returns to the default suite). The smoke mode runs in a temporary
+copy (``dvc exp run --temp``) and leaves the workspace as it was; ``dvc exp show`` lists it and
+``dvc exp apply NAME`` brings its reports into the workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.suites import SUITES, exp_run_argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suite", choices=sorted(SUITES), help="the suite to run")
+    parser.add_argument("--smoke", action="store_true",
+                        help="wiring check on tiny fabricated data: one seed, CPU, minutes, no download")
+    parser.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
+    parser.add_argument("-S", "--set-param", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more params.yaml override for dvc exp run (Hydra syntax), applied last")
+    parser.add_argument("--params", default="params.yaml", help="the params file whose methods the smoke trims")
+    args = parser.parse_args(argv)
+    try:
+        methods = (yaml.safe_load(Path(args.params).read_text()) or {}).get("methods") if args.smoke else None
+        command = exp_run_argv(args.suite, smoke=args.smoke, extra=args.extra, methods=methods)
+    except (OSError, yaml.YAMLError, ValueError) as err:
+        print(f"error: {args.params}: {err}", file=sys.stderr)
+        return 2
+    suite = SUITES[args.suite]
+    if args.smoke:
+        print(f"{suite.name} suite, smoke mode: every stage group on tiny fabricated data, seed 0, methods "
+              f"{', '.join(suite.smoke_methods) or 'all'}, on the CPU, in a temporary copy of the project")
+    else:
+        print(f"{suite.name} suite: {suite.description}")
+    print(shlex.join(command), flush=True)
+    if args.dry_run:
+        return 0
+    # dvc.yaml's commands call `python`: make it this interpreter, whatever PATH the caller has.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    process = subprocess.Popen([sys.executable, "-m", *command], env=env)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:  # DVC got the same Ctrl-C: let it stop its stage and clean up
+        code = process.wait()
+    if code == 0 and args.smoke:
+        print("smoke run passed; it ran in a temporary copy, the workspace is unchanged "
+              "(`dvc exp show` lists it, `dvc exp apply NAME` brings its reports here)")
+    elif code == 0:
+        print("params.yaml now holds this suite's settings (`dvc exp show` lists the experiment; "
+              "`git checkout params.yaml` returns to the default suite)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
