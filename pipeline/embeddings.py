@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 from pipeline.augment import BatchAugment, Normalize
-from pipeline.data.records import SPLITS, Records
+from pipeline.data.records import SPLITS, VIEW_KEYS, Records
 from pipeline.models import build_encoder
 from pipeline.training import MODEL_FORMAT
 
-VIEW_KEYS: tuple[str, str] = ("test_view1_x", "test_view2_x")
 VIEW_CHUNK = 1024  # images per random draw: the views depend on it, so it is a constant
 
 

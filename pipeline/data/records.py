@@ -19,6 +19,9 @@ COARSE_TO_FINE = "coarse_to_fine"
 WORST_GROUP = "worst_group"
 TASKS = (COARSE_TO_FINE, WORST_GROUP)
 SPLITS = ("train", "val", "test")
+# Embedding-file keys of two augmented views of every test image (written by pipeline.embeddings
+# when given an augmentation recipe, read by pipeline.evaluation.suite for alignment).
+VIEW_KEYS = ("test_view1_x", "test_view2_x")
 LABEL_KEYS = {COARSE_TO_FINE: ("coarse", "fine"), WORST_GROUP: ("y", "attribute", "group")}
 # The label each task trains on.
 TRAIN_LABEL = {COARSE_TO_FINE: "coarse", WORST_GROUP: "y"}

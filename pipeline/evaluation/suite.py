@@ -7,13 +7,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from pipeline.config import EvaluateParams
-from pipeline.data.records import COARSE_TO_FINE, WORST_GROUP
+from pipeline.data.records import COARSE_TO_FINE, VIEW_KEYS, WORST_GROUP
 from pipeline.evaluation.geometry import geometry_metrics
 from pipeline.evaluation.probes import knn_accuracy, linear_probe, reference_head_probe
-
-# Embeddings of two augmented views of every test image (pipeline.embeddings.VIEW_KEYS),
-# present when the embed stage was given the dataset's augmentation recipe.
-VIEW_KEYS = ("test_view1_x", "test_view2_x")
 
 
 def _views(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
