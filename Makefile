@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test ui clean-runs
+.PHONY: install repro test test-fast ui clean-runs
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# Everything but the tests marked slow (real DVC runs, subprocess faults, the paper smoke run).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow"
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000

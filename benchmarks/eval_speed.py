@@ -2,7 +2,7 @@
 
 Each task runs in a fresh interpreter, as the evaluate stage does, so one-time costs (imports,
 first use of an optimiser) land where a stage pays them. Parts run in the order of
-:func:`pipeline.evaluation.suite.evaluate_embeddings`, then the whole suite runs again in
+:func:`pipeline.tasks.evaluate_embeddings`, then the whole suite runs again in
 another fresh interpreter for the total. MLflow logging (pipeline/tracking.py) is not timed.
 
     python benchmarks/eval_speed.py [--digits PATH] [--spurious PATH] [--repeat N]
@@ -33,8 +33,8 @@ import numpy as np
 from pipeline.config import load_params
 from pipeline.io import load_arrays
 t = lap("import numpy+config", t0)
-from pipeline.evaluation.suite import evaluate_embeddings
-t = lap("import suite", t)
+from pipeline.tasks import evaluate_embeddings
+t = lap("import tasks", t)
 task, path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 a = load_arrays(path)
 opts = load_params("params.yaml").evaluate

@@ -9,6 +9,8 @@ so ``torch.manual_seed`` makes a run reproducible.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
@@ -35,39 +37,61 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+# Crops use cropping_mode="resample": one batched affine warp for the whole batch. Kornia's default
+# ("slice") crops and resizes image by image in a Python loop: 1 resize call per image, hundreds
+# of small kernel launches per batch on a GPU (1.4x slower even on 8 px CPU).
+
+
+def _no_augmentation(channels: int, size: int) -> list[nn.Module]:
+    return []
+
+
+def _digits(channels: int, size: int) -> list[nn.Module]:
+    # 8x8 digits: geometry only changes a few pixels, so crops stay large, no flips (mirrored
+    # digits are other symbols) and only brightness/contrast jitter (grayscale).
+    return [
+        K.RandomResizedCrop((size, size), scale=(0.5, 1.0), ratio=(0.8, 1.25), cropping_mode="resample"),
+        K.RandomRotation(15.0),
+        K.ColorJitter(brightness=0.3, contrast=0.3, p=0.8),
+    ]
+
+
+def _cifar(channels: int, size: int) -> list[nn.Module]:
+    # The reference recipe (METHOD.md section 4).
+    ops: list[nn.Module] = [
+        K.RandomResizedCrop((size, size), scale=(0.2, 1.0), cropping_mode="resample"),
+        K.RandomHorizontalFlip(),
+    ]
+    if channels == 3:
+        ops += [K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2)]
+    else:
+        ops += [K.ColorJitter(0.4, 0.4, p=0.8)]
+    return ops
+
+
+def _crop_flip(channels: int, size: int) -> list[nn.Module]:
+    # The reference geometry without colour changes: for labels that ARE a colour (CelebA's
+    # Blond_Hair), colour jitter and grayscale would corrupt the very signal to learn.
+    return [
+        K.RandomResizedCrop((size, size), scale=(0.2, 1.0), cropping_mode="resample"),
+        K.RandomHorizontalFlip(),
+    ]
+
+
+# The registry of augmentation recipes (``recipe.augment`` in params.yaml): name -> the ops of a
+# view, built for (channels, image size). The only place these names are defined.
+RECIPES: dict[str, Callable[[int, int], list[nn.Module]]] = {
+    "digits": _digits,
+    "cifar": _cifar,
+    "crop_flip": _crop_flip,
+    "none": _no_augmentation,
+}
+
+
 def _ops(recipe: str, channels: int, size: int) -> list[nn.Module]:
-    # Crops use cropping_mode="resample": one batched affine warp for the whole batch. Kornia's
-    # default ("slice") crops and resizes image by image in a Python loop: 1 resize call per
-    # image, hundreds of small kernel launches per batch on a GPU (1.4x slower even on 8 px CPU).
-    if recipe == "none":
-        return []
-    if recipe == "digits":
-        # 8x8 digits: geometry only changes a few pixels, so crops stay large, no flips
-        # (mirrored digits are other symbols) and only brightness/contrast jitter (grayscale).
-        return [
-            K.RandomResizedCrop((size, size), scale=(0.5, 1.0), ratio=(0.8, 1.25), cropping_mode="resample"),
-            K.RandomRotation(15.0),
-            K.ColorJitter(brightness=0.3, contrast=0.3, p=0.8),
-        ]
-    if recipe == "cifar":
-        # The reference recipe (METHOD.md section 4).
-        ops: list[nn.Module] = [
-            K.RandomResizedCrop((size, size), scale=(0.2, 1.0), cropping_mode="resample"),
-            K.RandomHorizontalFlip(),
-        ]
-        if channels == 3:
-            ops += [K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2)]
-        else:
-            ops += [K.ColorJitter(0.4, 0.4, p=0.8)]
-        return ops
-    if recipe == "crop_flip":
-        # The reference geometry without colour changes: for labels that ARE a colour (CelebA's
-        # Blond_Hair), colour jitter and grayscale would corrupt the very signal to learn.
-        return [
-            K.RandomResizedCrop((size, size), scale=(0.2, 1.0), cropping_mode="resample"),
-            K.RandomHorizontalFlip(),
-        ]
-    raise ValueError(f"unknown augmentation recipe {recipe!r}; allowed: digits, cifar, crop_flip, none")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown augmentation recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
+    return RECIPES[recipe](channels, size)
 
 
 class BatchAugment(nn.Module):

@@ -4,8 +4,9 @@ A stage run from DVC, by hand, or left running overnight ends in one of these wa
 
 * success: exit 0, outputs written (each atomically, see :mod:`pipeline.io`);
 * a params error: one line naming the key path, exit 2, before any work;
-* a known failure (non-finite loss, unreadable model file, the same stage already running):
-  one ``error:`` line, exit 1, no traceback;
+* a known failure (:class:`pipeline.errors.StageError`: a non-finite loss, an unreadable or
+  missing input file, the same stage already running; or a full disk): one ``error:`` line
+  naming the file or key and what to do, exit 1, no traceback;
 * SIGINT, SIGTERM or SIGHUP: the signal becomes :class:`Interrupted` (a KeyboardInterrupt),
   so ``finally`` blocks run: temporary files are removed, the MLflow run is marked KILLED and
   a train stage keeps its last resume checkpoint; exit 128 + signal number. (SIGKILL cannot be
@@ -15,6 +16,7 @@ A stage run from DVC, by hand, or left running overnight ends in one of these wa
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import os
 import signal
@@ -27,6 +29,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.config import Params, ParamsError, load_params
+from pipeline.errors import StageError
 
 
 class Interrupted(KeyboardInterrupt):
@@ -37,7 +40,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-class StageBusyError(RuntimeError):
+class StageBusyError(StageError):
     """The same stage (job, dataset, method, seed) is already running in this workspace."""
 
 
@@ -113,24 +116,48 @@ def exclusive(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _known_failures() -> tuple[type[BaseException], ...]:
-    """Errors whose message says everything: printed as one line instead of a traceback.
+def run_stage(name: str | Callable[[], str], body: Callable[[], Any]) -> int:
+    """Run ``body`` as stage ``name`` and turn its ending into an exit code and at most one line.
 
-    Imported when needed, so parsing arguments does not import torch.
+    ``name`` may be a function: the stage's name as known when it ended (it is settled once
+    params are read).
+
+    0 on success; 2 on a params error; 1 on a known failure (:class:`pipeline.errors.StageError`,
+    a full disk); 128 + signal number when interrupted (see the module docstring). Any other
+    exception is a bug and keeps its traceback.
     """
-    from pipeline.embeddings import ModelFileError
-    from pipeline.training import NonFiniteLossError
+    def stage() -> str:
+        return name() if callable(name) else name
 
-    return (NonFiniteLossError, ModelFileError, StageBusyError)
+    try:
+        with signals_as_interrupts():
+            body()
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}: {stage()} did not finish and its outputs are "
+              "not complete; rerun `dvc repro` to redo it (a train stage resumes from its last "
+              f"checkpoint under {paths.RESUME}/)", file=sys.stderr)
+        return 128 + int(signum)
+    except StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"error: {stage()}: no space left on the device{where}; free some space and rerun `dvc repro` "
+              "(finished outputs are kept, nothing partial is)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def stage_main(description: str, job: Callable[..., Any], *, per_run: bool = True,
                argv: list[str] | None = None) -> int:
-    """Parse ``--params [--dataset --method --seed]``, validate params, run ``job``; the exit code.
-
-    0 on success, 2 on a params error (before any work), 1 on a known failure, 128 + signal
-    number when interrupted (see the module docstring).
-    """
+    """Parse ``--params [--dataset --method --seed]``, validate params, run ``job``; the exit code
+    of :func:`run_stage`."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if per_run:
@@ -138,36 +165,22 @@ def stage_main(description: str, job: Callable[..., Any], *, per_run: bool = Tru
         parser.add_argument("--method", required=True)
         parser.add_argument("--seed", required=True, type=int)
     args = parser.parse_args(argv)
-    kind = name = job.__name__.removesuffix("_job")
-    if per_run:
-        name = paths.stage_name(kind, args.dataset, args.method, args.seed)
-    try:
-        with signals_as_interrupts():
-            params: Params = load_params(args.params)
-            if per_run:  # a typo in a name fails here, before the lock or any work
-                params.check_dataset(args.dataset)
-                params.check_method(args.method)
-                name = paths.stage_name(params.stage_kind(kind, args.dataset, args.method),
-                                        args.dataset, args.method, args.seed)
-            # Under torchrun every rank runs this same command: each takes its own lock.
-            rank = os.environ.get("RANK", "0")
-            with exclusive(name if rank == "0" else f"{name}.rank{rank}"):
-                if per_run:
-                    job(params, args.dataset, args.method, args.seed)
-                else:
-                    job(params)
-    except ParamsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-        print(f"interrupted by {signal.Signals(signum).name}: {name} did not finish and its outputs are "
-              "not complete; rerun `dvc repro` to redo it (a train stage resumes from its last "
-              f"checkpoint under {paths.RESUME}/)", file=sys.stderr)
-        return 128 + int(signum)
-    except Exception as err:
-        if isinstance(err, _known_failures()):
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        raise
-    return 0
+    kind = job.__name__.removesuffix("_job")
+    names = [paths.stage_name(kind, args.dataset, args.method, args.seed) if per_run else kind]
+
+    def body() -> None:
+        params: Params = load_params(args.params)
+        if per_run:  # a typo in a name fails here, before the lock or any work
+            params.check_dataset(args.dataset)
+            params.check_method(args.method)
+            group = params.stage_kind(kind, args.dataset, args.method)  # e.g. train_robust
+            names[0] = paths.stage_name(group, args.dataset, args.method, args.seed)
+        # Under torchrun every rank runs this same command: each takes its own lock.
+        rank = os.environ.get("RANK", "0")
+        with exclusive(names[0] if rank == "0" else f"{names[0]}.rank{rank}"):
+            if per_run:
+                job(params, args.dataset, args.method, args.seed)
+            else:
+                job(params)
+
+    return run_stage(lambda: names[0], body)

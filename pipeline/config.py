@@ -1,26 +1,31 @@
 """The schema of params.yaml, validated in one place before any stage does work.
 
-Every stage calls :func:`load_params`; a typo, a wrong type, a value out of
-range, or a name that does not exist fails here with the key path and what is
-allowed, before anything is trained or written.
+Every stage calls :func:`load_params`, and so does the ``validate`` stage at the root of
+dvc.yaml's graph (it reruns whenever params.yaml changes, before any other stage): a typo, a
+wrong type, a value out of range, a name that does not exist, or settings that contradict each
+other fail here with the key path and what is allowed, before anything is trained or written.
+
+params.yaml is read with the YAML 1.2 rules DVC itself uses (:func:`read_yaml`): ``3e-3``,
+``1.0e9`` and ``.5`` are numbers for both, where PyYAML's YAML 1.1 would read the first two as
+strings, and DVC would then hash one value while the stages used another.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from pipeline import paths
 from pipeline.schema import ParamsError, build, constrained, did_you_mean
+from pipeline.smoke import apply_smoke
 
-LOSS_TERMS = ("ce", "supcon", "cnce", "simclr", "recon")
-CONTRASTIVE_TERMS = ("supcon", "cnce", "simclr")
-BACKBONES = ("small_cnn", "resnet18", "resnet50", "vit")
-AUGMENTATIONS = ("digits", "cifar", "crop_flip", "none")
-# The names in pipeline.data.registry.DATASETS (kept here so validation does not import the loaders).
-DATASET_SOURCES = ("digits", "spurious_digits", "cifar10", "cifar100", "cifar100u", "mnist", "waterbirds", "celeba")
+# Names that params.yaml may use come from the registries that implement them, never from copies
+# here: backbones from pipeline.models.ENCODERS, augmentations from pipeline.augment.RECIPES,
+# dataset sources from pipeline.data.registry.DATASETS (checked by :func:`check_names`, which the
+# validate stage runs for every dataset and each stage for the names it uses), loss terms from
+# :class:`LossWeights` (:data:`LOSS_TERMS`), tasks from pipeline.tasks.TASKS.
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,11 @@ class SuiteParams:
 
     ``datasets`` run with every method of ``methods``; ``robustness.datasets`` with the methods
     listed there. ``smoke`` shrinks everything to a wiring check
-    on fabricated data (see :func:`pipeline.suites.apply_smoke`).
+    on fabricated data (see :func:`pipeline.smoke.apply_smoke`).
     """
 
     datasets: list[str]
-    seeds: list[int] = constrained(min=0)
+    seeds: list[int] = constrained(min=0, min_len=1)
     robustness: RobustnessSuiteParams = field(default_factory=RobustnessSuiteParams)
     smoke: bool = False
 
@@ -62,8 +67,8 @@ class DataParams:
 class RecipeParams:
     """How an encoder is trained on one dataset."""
 
-    backbone: str = constrained(choices=BACKBONES)
-    augment: str = constrained(choices=AUGMENTATIONS)
+    backbone: str       # a name of pipeline.models.ENCODERS (check_names)
+    augment: str        # a name of pipeline.augment.RECIPES (check_names)
     epochs: int = constrained(min=1)
     batch_size: int = constrained(min=2)
     lr: float = constrained(exclusive_min=0.0)
@@ -78,14 +83,19 @@ class DatasetParams:
     """One dataset: its loader, the loader's options (checked by the download stage against the
     loader's arguments), and the training recipe."""
 
-    source: str = constrained(choices=DATASET_SOURCES)
+    source: str         # a name of pipeline.data.registry.DATASETS (check_names)
     recipe: RecipeParams
     prepare: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms (METHOD.md sections 2-3); every weight is explicit."""
+    """Weights of the loss terms (METHOD.md sections 2-3); every weight is explicit.
+
+    The registry of loss terms: its fields, in canonical order (:data:`LOSS_TERMS`). The
+    contrastive ones are computed by pipeline.losses (``TERMS``), ce and recon by
+    pipeline.training.loss_terms; tests/test_training.py checks that every field is computed.
+    """
 
     ce: float = constrained(min=0.0)
     supcon: float = constrained(min=0.0)
@@ -96,6 +106,9 @@ class LossWeights:
     def active(self) -> dict[str, float]:
         """The terms with a positive weight, in canonical order."""
         return {t: getattr(self, t) for t in LOSS_TERMS if getattr(self, t) > 0}
+
+
+LOSS_TERMS: tuple[str, ...] = tuple(f.name for f in fields(LossWeights))
 
 
 @dataclass(frozen=True)
@@ -132,10 +145,40 @@ class HeadParams:
 
 
 @dataclass(frozen=True)
+class GroupDROParams:
+    """Online group DRO heads of the robustness protocol (METHOD.md section 5; pipeline/evaluation/robustness.py):
+    every (eta, weight decay) pair trains at once, full batch, and every ``eval_every`` steps a checkpoint
+    of each pair is a candidate for the model selection on validation."""
+
+    etas: list[float] = constrained([0.01, 0.1, 1.0], min=0.0, min_len=1)
+    weight_decays: list[float] = constrained([1e-4, 1e-3, 1e-2, 1e-1], min=0.0, min_len=1)
+    steps: int = constrained(1000, min=1)
+    lr: float = constrained(0.01, exclusive_min=0.0)
+    eval_every: int = constrained(50, min=1)
+
+
+@dataclass(frozen=True)
+class DiscoveryParams:
+    """Sub-group discovery without group labels: k-means inside each class (pipeline/evaluation/grouping.py)."""
+
+    k_max: int = constrained(5, min=2)
+    n_components: int = constrained(8, min=1)
+    normalize: bool = True
+    min_gain: float = constrained(0.03, min=0.0)
+    min_cluster_size: int = constrained(10, min=1)
+    silhouette_sample: int = constrained(2000, min=4)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
-    probe_cs: list[float] = constrained(exclusive_min=0.0)
+    probe_cs: list[float] = constrained(exclusive_min=0.0, min_len=1)
     knn_k: int = constrained(20, min=1)
     head: HeadParams = field(default_factory=HeadParams)
+    # The logistic heads of the robustness protocol (ERM, oracle group-balanced): their own C grid.
+    robustness_cs: list[float] = constrained([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0],
+                                             exclusive_min=0.0, min_len=1)
+    group_dro: GroupDROParams = field(default_factory=GroupDROParams)
+    discovery: DiscoveryParams = field(default_factory=DiscoveryParams)
 
 
 HEADLINE_METRICS = ("fine_head_acc", "fine_probe_acc", "fine_knn_acc")
@@ -176,11 +219,11 @@ class Params:
     def stage_kind(self, kind: str, dataset: str, method: str) -> str:
         """The dvc.yaml stage group that runs ``kind`` ("train" | "embed" | "evaluate") of
         (``dataset``, ``method``): ``evaluate_concat_robust`` and the like."""
-        if kind != "train" and self.is_concat(method):
-            kind += "_concat"
-        if dataset in self.suite.robustness.datasets:
-            kind += "_robust"
-        return kind
+        return paths.stage_group(kind, concat=self.is_concat(method), robust=dataset in self.suite.robustness.datasets)
+
+    def download_stage(self, dataset: str) -> str:
+        """The DVC name of ``dataset``'s download stage: ``download@d`` or ``download_robust@d``."""
+        return f"{paths.stage_group('download', robust=dataset in self.suite.robustness.datasets)}@{dataset}"
 
     def is_concat(self, method: str) -> bool:
         return method in self.methods.concat
@@ -192,12 +235,29 @@ class Params:
                 f"known: {', '.join(self.method_names)}"
             )
 
+    def check_trained(self, method: str) -> None:
+        """``method`` must be a trained method (a concatenation has no train stage)."""
+        self.check_method(method)
+        if self.is_concat(method):
+            raise ParamsError(f"method {method!r} is a concatenation (methods.concat): it has no train stage")
+
     def check_dataset(self, dataset: str) -> None:
         if dataset not in self.datasets:
             raise ParamsError(
                 f"dataset {dataset!r} is not in params datasets{did_you_mean(dataset, self.datasets)}; "
                 f"known: {', '.join(self.datasets)}"
             )
+
+
+def _check_fractions(key: str, prepare: Mapping[str, Any]) -> None:
+    """Every ``*_fraction`` option is a number in (0, 1), and together they leave a training split."""
+    fractions = {k: v for k, v in prepare.items() if k.endswith("_fraction")}
+    for k, v in fractions.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ParamsError(f"{key}.{k}: {v!r} must be a number in (0, 1), the share of images it takes")
+    if len(fractions) > 1 and sum(fractions.values()) >= 1:
+        raise ParamsError(f"{key}: {' + '.join(fractions)} = {sum(fractions.values()):g} leaves no training "
+                          "images; their sum must stay below 1")
 
 
 def validate(data: object) -> Params:
@@ -252,6 +312,8 @@ def validate(data: object) -> Params:
                     f"{did_you_mean(part, params.methods.trained)}; "
                     f"allowed: {', '.join(params.methods.trained)}"
                 )
+    for name, spec in params.datasets.items():
+        _check_fractions(f"datasets.{name}.prepare", spec.prepare)
     if params.report.baseline not in params.method_names:
         raise ParamsError(
             f"report.baseline: {params.report.baseline!r} is not a method"
@@ -261,20 +323,77 @@ def validate(data: object) -> Params:
     return params
 
 
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file as DVC does (ruamel.yaml's safe loader, YAML 1.2): one reading of
+    params.yaml for DVC's hashes and templating and for every stage."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(Path(path).read_text())
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; errors name the file and the key path."""
+    from ruamel.yaml import YAMLError
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
-    except yaml.YAMLError as err:
+    except YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     try:
         if isinstance(data, dict) and isinstance(data.get("suite"), dict) and data["suite"].get("smoke") is True:
-            from pipeline.suites import apply_smoke
-
-            data = apply_smoke(data)  # the wiring check: tiny epochs and images (pipeline/suites.py)
+            data = apply_smoke(data)  # the wiring check: tiny epochs and images (pipeline/smoke.py)
         return validate(data)
     except ParamsError as err:
         raise ParamsError(f"{path}: {err}") from None
+
+
+# Temperatures outside this range train, but to nonsense: at 1e-3 the softmax is a hard max and
+# its gradients explode; at 1e2 every similarity is ~equal and the contrastive terms stop
+# learning. SupCon and SimCLR use 0.05-1; the reference 0.5.
+TEMPERATURE_RANGE = (0.01, 10.0)
+
+
+def sanity_warnings(params: Params) -> list[str]:
+    """Settings that validate but are almost surely a mistake, one sentence each naming the key."""
+    notes = []
+    low, high = TEMPERATURE_RANGE
+    tau = params.train.temperature
+    if not low <= tau <= high:
+        notes.append(f"train.temperature: {tau:g} is outside the sane range [{low:g}, {high:g}] (SupCon and "
+                     "SimCLR use 0.05-1, the reference 0.5): the contrastive terms will "
+                     + ("saturate and their gradients explode" if tau < low else "be nearly constant and learn nothing"))
+    return notes
+
+
+def check_knn_k(params: Params, dataset: str, n_train: int) -> None:
+    """``evaluate.knn_k`` against the training split it searches (``n_train`` images): a
+    :class:`ParamsError` naming the key. Called by the validate stage where a prepared cache
+    exists, and by the evaluate stage on the embeddings it reads."""
+    k = params.evaluate.knn_k
+    if k > n_train:
+        raise ParamsError(f"evaluate.knn_k: {k} neighbours, but the training split of {dataset} has only "
+                          f"{n_train} images; use at most {n_train}")
+
+
+def _check_choice(key: str, value: str, registry: Collection[str]) -> None:
+    if value not in registry:
+        raise ParamsError(f"{key}: {value!r} is not allowed{did_you_mean(value, registry)}; "
+                          f"allowed: {', '.join(map(repr, registry))}")
+
+
+def check_names(params: Params, *, backbones: Collection[str] | None = None,
+                augmentations: Collection[str] | None = None, sources: Collection[str] | None = None,
+                datasets: Collection[str] | None = None) -> None:
+    """The names of ``datasets`` (default: every entry of params.datasets) against the registries
+    given (a :class:`ParamsError` naming the key, with a did-you-mean). The registries are passed
+    in, so this module imports none of the code that implements them."""
+    for name in params.datasets if datasets is None else datasets:
+        spec = params.datasets[name]
+        for key, value, registry in ((f"datasets.{name}.source", spec.source, sources),
+                                     (f"datasets.{name}.recipe.backbone", spec.recipe.backbone, backbones),
+                                     (f"datasets.{name}.recipe.augment", spec.recipe.augment, augmentations)):
+            if registry is not None:
+                _check_choice(key, value, registry)

@@ -19,12 +19,13 @@ from torch import nn
 from pipeline.augment import BatchAugment, Normalize
 from pipeline.data.records import SPLITS, VIEW_KEYS, Records
 from pipeline.models import build_encoder
-from pipeline.training import MODEL_FORMAT
+from pipeline.errors import OutputFileError
+from pipeline.formats import MODEL_FORMAT
 
 VIEW_CHUNK = 1024  # images per random draw: the views depend on it, so it is a constant
 
 
-class ModelFileError(ValueError):
+class ModelFileError(OutputFileError):
     """A model file is missing, truncated or not one this harness wrote."""
 
 

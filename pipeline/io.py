@@ -9,6 +9,7 @@ inputs gives the same hash and DVC skips everything downstream.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from pipeline.errors import DiskFullError, MissingOutputError, OutputFileError
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest timestamp a zip entry can hold
 
@@ -37,8 +40,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise DiskFullError(f"{path}: no space left on the device while writing it (nothing partial was "
+                                "kept); free some space and rerun the stage") from None
         raise
     return path
 
@@ -56,9 +62,9 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: expected output of an earlier stage; run `dvc repro`") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); delete it and rerun its stage") from None
+        raise MissingOutputError(f"{path}: expected output of an earlier stage; run `dvc repro`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise OutputFileError(f"{path}: not valid JSON ({err}); delete it and rerun its stage (`dvc repro`)") from None
 
 
 def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
@@ -83,6 +89,7 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: expected output of an earlier stage; run `dvc repro`") from None
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a readable array file ({err}); delete it and rerun its stage") from None
+        raise MissingOutputError(f"{path}: expected output of an earlier stage; run `dvc repro`") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise OutputFileError(f"{path}: not a readable array file ({type(err).__name__}: {err}); delete it "
+                              "and rerun its stage (`dvc repro`)") from None

@@ -5,7 +5,9 @@ artifacts/<dataset>/seed<k>/history/<method>.json     train      (per-epoch loss
 artifacts/<dataset>/seed<k>/embeddings/<method>.npz   embed      (frozen embeddings + labels)
 artifacts/<dataset>/seed<k>/metrics/<method>.json     evaluate   (DVC metrics)
 resume/<dataset>/seed<k>/<method>.pt                   train      (resume state; not a DVC output)
+logs/<dataset>/seed<k>/train/<method>.json            train      (timings; not a DVC output)
 reports/                                              report
+artifacts/params.validated                            validate   (params.yaml passed)
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 
 ARTIFACTS = Path("artifacts")
 RESUME = Path("resume")
+LOGS = Path("logs")
+# The validate stage's output: constant bytes, so that passing validation reruns nothing.
+VALIDATED = ARTIFACTS / "params.validated"
 REPORTS = Path("reports")
 
 
@@ -43,6 +48,26 @@ def metrics_path(dataset: str, method: str, seed: int) -> Path:
 
 def resume_path(dataset: str, method: str, seed: int) -> Path:
     return RESUME / dataset / f"seed{seed}" / f"{method}.pt"
+
+
+def train_log_path(dataset: str, method: str, seed: int) -> Path:
+    """Per-epoch seconds and images/s of the last training run: a log, never a stage's input."""
+    return LOGS / dataset / f"seed{seed}" / "train" / f"{method}.json"
+
+
+# dvc.yaml's stage groups: a kind, "_concat" for a concatenation's embed/evaluate stages, then
+# "_robust" for the suite.robustness grid (evaluate_concat_robust@...). Built and read only here.
+CONCAT_SUFFIX, ROBUST_SUFFIX = "_concat", "_robust"
+
+
+def stage_group(kind: str, *, concat: bool = False, robust: bool = False) -> str:
+    """The dvc.yaml stage group running ``kind`` ("download" | "train" | "embed" | "evaluate")."""
+    return kind + (CONCAT_SUFFIX if concat and kind in ("embed", "evaluate") else "") + (ROBUST_SUFFIX if robust else "")
+
+
+def stage_kind_of(stage: str) -> str:
+    """The kind a stage name runs: ``evaluate_concat_robust@d-m-0`` -> "evaluate"."""
+    return stage.split("@")[0].removesuffix(ROBUST_SUFFIX).removesuffix(CONCAT_SUFFIX)
 
 
 def stage_name(stage: str, dataset: str, method: str, seed: int) -> str:

@@ -5,7 +5,9 @@ every (dataset, method, seed) whose outputs exist becomes the MLflow runs its st
 logged, in the current store (:func:`pipeline.tracking.tracking_uri`):
 
 * ``train@D-M-S``: params as the train stage logs them (from params.yaml), the per-epoch losses,
-  lr and images/s from ``history/M.json`` (step = epoch), the ``final/`` losses, the loss curve;
+  lr from ``history/M.json`` (step = epoch), seconds and images/s per epoch from the timing log
+  ``logs/D/seedS/train/M.json`` where it exists (it is no DVC output), the ``final/`` losses, the
+  loss curve;
 * ``evaluate@D-M-S`` (``evaluate_concat@...`` for a concatenation): params, every number of
   ``metrics/M.json``.
 
@@ -26,10 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline import paths
-from pipeline.config import Params, load_params
+from pipeline.config import Params, load_params, read_yaml
 from pipeline.io import read_json
 from pipeline.tracking import (EXPERIMENT_PREFIX, TrackingError, connect, file_md5, run_params,
                                search_all_runs, start_run, tracking_uri)
@@ -74,7 +74,7 @@ def _targets(params: Params, datasets: Iterable[str], methods: Iterable[str],
 
 def _family(stage: str) -> str:
     """``evaluate_concat_robust@...`` and ``evaluate@...`` are one kind of run: "evaluate"."""
-    return stage.split("@")[0].removesuffix("_robust").removesuffix("_concat")
+    return paths.stage_kind_of(stage)
 
 
 _MISSING = object()
@@ -125,10 +125,14 @@ def _log(target: _Target, params: Params) -> None:
     with start_run(target.stage, target.dataset, target.method, target.seed, logged,
                    tags={"relogged": "true"}, strict=True) as run:
         if target.kind == "train":
-            from pipeline.reports import loss_curve_figure
+            from pipeline.figures import loss_curve_figure
 
             history = read_json(paths.history_path(target.dataset, target.method, target.seed))
             run.log_history(history, step="epoch")
+            # Timings are no output: re-logged from the last run's log where this machine kept it.
+            timing = paths.train_log_path(target.dataset, target.method, target.seed)
+            if timing.is_file():
+                run.log_history(read_json(timing)["epochs"], step="epoch")
             run.log_metrics({f"final/{k}": v for k, v in history[-1].items() if k.startswith("loss/")})
             run.log_figure(loss_curve_figure(history, f"{target.dataset} / {target.method} / seed {target.seed}"),
                            "loss_curve.png")
@@ -145,7 +149,7 @@ def relog_runs(params_file: str | Path = "params.yaml", *, datasets: Iterable[st
     directory (the repository root). Raises :class:`pipeline.tracking.TrackingError` if the store
     fails, :class:`pipeline.config.ParamsError` on a bad params file or an unknown name."""
     params = load_params(params_file)
-    raw = yaml.safe_load(Path(params_file).read_text())
+    raw = read_yaml(params_file)
     datasets = list(datasets or params.suite_datasets)
     methods = list(methods or params.method_names)
     seeds = list(params.suite.seeds if seeds is None else seeds)
@@ -154,7 +158,7 @@ def relog_runs(params_file: str | Path = "params.yaml", *, datasets: Iterable[st
     for m in methods:
         params.check_method(m)
     lock_path = Path(lock_file)
-    lock = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}) if lock_path.is_file() else {}
+    lock = (read_yaml(lock_path) or {}).get("stages", {}) if lock_path.is_file() else {}
 
     try:
         present = _present(connect(), datasets)

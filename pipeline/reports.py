@@ -1,7 +1,19 @@
 """The compiled comparison: reports/results.md, a bar chart, and summary.json for `dvc metrics`.
 
 Every number is a mean ± sample standard deviation over the suite's seeds; a lift is the
-mean of per-seed differences to the baseline method (paired by seed), with their std.
+mean of per-seed differences to the baseline method (paired by seed), with their std. With one
+seed (n = 1) a standard deviation is undefined: summary.json stores ``"std": null`` and the
+report and the bar chart show the single value, with no ± and no error bar.
+
+The report is a DVC output and a function of its inputs only (metrics, embeddings, model files,
+prepared-cache metadata, params): nothing measured at run time, such as training wall-clock,
+appears in it. An input that is missing, truncated or foreign raises
+:class:`~pipeline.errors.OutputFileError` naming the file and the stage that rewrites it.
+
+Everything that depends on a dataset's task (its headline metric, its section and tables, its
+protocol notes) comes from the task object (:mod:`pipeline.tasks`); facts about a dataset (its
+published numbers, its averaging convention) from its source's entry in
+:mod:`pipeline.data.registry`. This module names no task and no dataset.
 """
 
 from __future__ import annotations
@@ -13,85 +25,104 @@ import numpy as np
 
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.io import atomic_write, read_json, write_json, write_text
-
-# METHOD.md section 6: CIFAR-10 coarse (2) -> fine (10) top-1, from the official repository's README.
-PAPER_CIFAR10_FINE = {"supcon": 51.8, "supcon_cnce": 77.1, "supcon_ae": 71.7, "thanos": 79.1}
-# METHOD.md section 6, the paper's abstract: Thanos over SupCon, mean over 5 coarse-to-fine datasets.
-PAPER_MEAN_LIFT = 11.1
-# METHOD.md section 6: common worst-group reference points (ResNet-50, ImageNet-pretrained),
-# worst-group / average test accuracy (%); ERM's are ranges across papers.
-PAPER_WORST_GROUP = {
-    "waterbirds": {"ERM": "73-75 / 97-98", "group DRO (true groups)": "91.4 / 93.5", "DFR": "92.9 / 94.2"},
-    "celeba": {"ERM": "47 / 95", "group DRO (true groups)": "88.9 / 92.9", "DFR": "88.3 / 91.3"},
-}
-
-# Metrics shown in the table, in order, with their column titles.
-COARSE_TO_FINE_COLUMNS = {
-    "fine_head_acc": "Fine acc. (reference head)",
-    "fine_probe_acc": "Fine acc. (logreg probe)",
-    "fine_knn_acc": "Fine kNN acc.",
-    "coarse_probe_acc": "Coarse acc. (logreg)",
-}
+from pipeline.data.records import SPLITS
+from pipeline.errors import OutputFileError
+from pipeline.formats import MODEL_FORMAT
+from pipeline.io import atomic_write, load_arrays, read_json, write_json, write_text
+from pipeline.tasks import TASKS, SectionInput, Task, frame, markdown_table
 
 
-ROBUSTNESS_METHODS = {
-    "erm": "ERM",
-    "discovered_gdro": "Discovered groups + gDRO",
-    "oracle_gdro": "Oracle gDRO",
-    "oracle_balanced": "Oracle balanced",
-}
-WORST_GROUP_HEADLINE = "discovered_gdro/worst_group_acc"
-HEADLINE_TITLES = {"discovered_gdro/worst_group_acc": "Worst-group acc., discovered groups + gDRO"}
-
-GEOMETRY_COLUMNS = {
-    "geom_class_spread_ratio": "Within / between class spread (training label)",
-    "geom_fine_knn_purity": "Fine-label kNN purity inside class",
-    "geom_uniformity": "Uniformity (lower = more uniform)",
-    "geom_alignment": "Alignment of two augmented views (lower = closer)",
-}
+def _rerun(stage: str) -> str:
+    return f"rerun the stage that writes it: `dvc repro {stage}`"
 
 
-def loss_curve_figure(history: list[dict[str, float]], title: str) -> Any:
-    """A matplotlib figure of every loss term per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [h["epoch"] for h in history]
-    for key in sorted(k for k in history[0] if k.startswith("loss/")):
-        ax.plot(epochs, [h[key] for h in history], label=key.removeprefix("loss/"))
-    ax.set(xlabel="epoch", ylabel="loss", title=title)
-    ax.legend()
-    fig.tight_layout()
-    return fig
+def _input_error(path: Path, stage: str, err: BaseException) -> OutputFileError:
+    """One line naming an unreadable input of the report and the stage that rewrites it."""
+    if isinstance(err, FileNotFoundError):
+        return OutputFileError(f"{path}: not found; {_rerun(stage)}")
+    # pipeline.io's messages start with the path and end with advice: keep what went wrong.
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    detail = detail.removeprefix(f"{path}: ").split("; ")[0]
+    return OutputFileError(f"{path}: {detail}; delete it and {_rerun(stage)}")
 
 
-def dataset_task(dataset: str) -> str:
+def _read_input(path: Path, stage: str, read: Any) -> Any:
+    """``read(path)``, with a missing or unreadable file as an :class:`OutputFileError`."""
+    try:
+        return read(path)
+    except (OSError, ValueError) as err:  # io's FileNotFoundError / ValueError, or OutputFileError
+        raise _input_error(path, stage, err) from None
+
+
+def _download_stage(params: Params, dataset: str) -> str:
+    return ("download_robust" if dataset in params.suite.robustness.datasets else "download") + f"@{dataset}"
+
+
+def _prepared_meta(params: Params, dataset: str) -> dict[str, Any]:
+    path = Path("data/prepared") / dataset / "meta.json"
+    meta = _read_input(path, _download_stage(params, dataset), read_json)
+    if not isinstance(meta, dict) or "task" not in meta or "statistics" not in meta:
+        raise OutputFileError(f"{path}: not a prepared-cache meta.json of this harness; delete it and "
+                              f"{_rerun(_download_stage(params, dataset))}")
+    return meta
+
+
+def task_of(params: Params, dataset: str) -> Task:
     """The task recorded in a prepared dataset's cache."""
-    return read_json(Path("data/prepared") / dataset / "meta.json")["task"]
+    name = _prepared_meta(params, dataset)["task"]
+    if name not in TASKS:
+        path = Path("data/prepared") / dataset / "meta.json"
+        raise OutputFileError(f"{path}: records task {name!r}, which this harness does not know (known: "
+                              f"{', '.join(TASKS)}); delete it and {_rerun(_download_stage(params, dataset))}")
+    return TASKS[name]
 
 
 def headline_of(params: Params, dataset: str) -> str:
     """The metric a dataset's lifts and bar chart use."""
-    return WORST_GROUP_HEADLINE if dataset_task(dataset) == "worst_group" else params.report.headline
+    return task_of(params, dataset).headline(params)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof = 1); the std is None for a single value."""
     arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    if arr.size == 0:
+        raise ValueError("mean_std of no values")
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def collect(params: Params) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """{dataset: {method: [metrics of each seed, in suite order]}} from the evaluate outputs."""
-    return {
-        ds: {m: [read_json(paths.metrics_path(ds, m, s)) for s in params.suite.seeds]
-             for m in params.methods_for(ds)}
-        for ds in params.suite_datasets
-    }
+    """{dataset: {method: [metrics of each seed, in suite order]}} from the evaluate outputs.
+
+    A missing, unreadable or foreign metrics file raises :class:`OutputFileError` naming it
+    and its evaluate stage.
+    """
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for ds in params.suite_datasets:
+        headline = headline_of(params, ds)
+        runs[ds] = {}
+        for m in params.methods_for(ds):
+            seeds = []
+            for s in params.suite.seeds:
+                path = paths.metrics_path(ds, m, s)
+                stage = paths.stage_name(params.stage_kind("evaluate", ds, m), ds, m, s)
+                metrics = _read_input(path, stage, read_json)
+                if not (isinstance(metrics, dict) and all(_is_number(v) for v in metrics.values())):
+                    raise OutputFileError(f"{path}: not a metrics file of this harness (a JSON object of "
+                                          f"numbers); delete it and {_rerun(stage)}")
+                if headline not in metrics:
+                    raise OutputFileError(f"{path}: has no {headline!r} metric; {_rerun(stage)}")
+                if seeds and set(metrics) != set(seeds[0]):
+                    first = paths.metrics_path(ds, m, params.suite.seeds[0])
+                    raise OutputFileError(
+                        f"{path}: holds other metrics than {first} (written by another version?); "
+                        f"{_rerun(stage)} and that of {first}")
+                seeds.append(metrics)
+            runs[ds][m] = seeds
+    return runs
 
 
 def summarise(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str,
@@ -108,20 +139,25 @@ def summarise(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str,
         for m, seeds in methods.items():
             entry: dict[str, Any] = {}
             for key in seeds[0]:
-                mu, sd = mean_std([r[key] for r in seeds])
-                entry[key] = {"mean": round(mu, 4), "std": round(sd, 4), "n": len(seeds)}
+                entry[key] = _stat([r[key] for r in seeds])
             if base is not None:
-                mu, sd = mean_std([r[headline] - b for r, b in zip(seeds, base)])
-                entry[f"lift_over_{baseline}"] = {"mean": round(mu, 4), "std": round(sd, 4), "n": len(seeds)}
+                entry[f"lift_over_{baseline}"] = _stat([r[headline] - b for r, b in zip(seeds, base)])
             out[ds][m] = entry
     return out
 
 
-def _fmt(entry: dict[str, float] | None, signed: bool = False) -> str:
-    if entry is None:
-        return "—"
-    sign = "+" if signed else ""
-    return f"{entry['mean']:{sign}.1f} ± {entry['std']:.1f}"
+def _stat(values: list[float]) -> dict[str, Any]:
+    """{mean, std, n} as summary.json stores it: std is null for one value (n = 1)."""
+    mu, sd = mean_std(values)
+    return {"mean": round(mu, 4), "std": None if sd is None else round(sd, 4), "n": len(values)}
+
+
+def _one_seed_line(params: Params) -> list[str]:
+    """Above a results table when n = 1: the cells are one seed's values, not means."""
+    if len(params.suite.seeds) > 1:
+        return []
+    return [f"One seed (n = 1, seed {params.suite.seeds[0]}): each cell is that run's value, with no spread.",
+            ""]
 
 
 def _describe(params: Params, method: str) -> str:
@@ -130,54 +166,53 @@ def _describe(params: Params, method: str) -> str:
     return " + ".join(f"{w:g}·{t}" for t, w in params.methods.trained[method].active().items())
 
 
-def dataset_section(dataset: str) -> list[str]:
+def dataset_section(params: Params, dataset: str) -> list[str]:
     """Markdown tables of image counts per split for each label of a prepared dataset."""
     meta_path = Path("data/prepared") / dataset / "meta.json"
-    stats = read_json(meta_path)["statistics"]
+    stats = _prepared_meta(params, dataset)["statistics"]
     lines = [f"Images per split, from the prepared cache (`{meta_path}`):", ""]
     for label in dict.fromkeys(r["label"] for r in stats):
         rows = [r for r in stats if r["label"] == label]
         values = list(dict.fromkeys((r["value"], r["name"]) for r in rows))
         count = {(r["split"], r["value"]): r["count"] for r in rows}
-        lines += [f"| {label} | train | val | test |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | " + " | ".join(str(count.get((s, v), 0)) for s in ("train", "val", "test")) + " |"
-                  for v, name in values]
-        lines.append("")
+        table = frame([[count.get((s, v), 0) for s in SPLITS] for v, _ in values], [name for _, name in values],
+                      SPLITS, index_names=(label,))
+        lines += [*markdown_table(table), ""]
     return lines
 
 
-def _chance(methods: dict[str, Any]) -> str:
-    values = [e["geom_fine_knn_chance"]["mean"] for e in methods.values() if "geom_fine_knn_chance" in e]
-    return f"{values[0]:.3f}" if values else "—"
+def _model_hardware(params: Params, ds: str, method: str, seed: int) -> str:
+    """The hardware recorded in one model file; :class:`OutputFileError` if it is not one."""
+    import torch
 
-
-def _training_minutes(params: Params, ds: str, method: str) -> str:
-    """Wall-clock of one training run (its epochs), mean ± std over seeds, in minutes."""
-    if params.is_concat(method):
-        return "—"
-    totals = []
-    for s in params.suite.seeds:
-        history = read_json(paths.history_path(ds, method, s))
-        totals.append(sum(h.get("seconds", 0.0) for h in history) / 60.0)
-    mu, sd = mean_std(totals)
-    return f"{mu:.2f} ± {sd:.2f}"
+    path = paths.model_path(ds, method, seed)
+    stage = paths.stage_name(params.stage_kind("train", ds, method), ds, method, seed)
+    if not path.is_file():
+        raise OutputFileError(f"{path}: model file not found; {_rerun(stage)}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, unreadable: torch raises many kinds
+        detail = (str(err).splitlines() or [""])[0].split(". ")[0]  # torch appends paragraphs of advice
+        detail = detail if len(detail) <= 160 else detail[:159] + "…"
+        raise OutputFileError(f"{path}: not a readable model file ({type(err).__name__}: {detail}); it may be "
+                              f"truncated or foreign: delete it and {_rerun(stage)}") from None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise OutputFileError(f"{path}: not a {MODEL_FORMAT} model file (foreign, or written by another "
+                              f"version); delete it and {_rerun(stage)}")
+    return str(state.get("hardware", "not recorded (model file older than this field)"))
 
 
 def _hardware_line(params: Params, ds: str) -> str:
     """Which hardware trained this dataset's models, read from the model files themselves."""
-    import torch
-
     seen: dict[str, int] = {}
     for m in params.methods_for(ds):
         if params.is_concat(m):
             continue
         for s in params.suite.seeds:
-            state = torch.load(paths.model_path(ds, m, s), map_location="cpu", weights_only=True)
-            name = state.get("hardware", "not recorded (model file older than this field)")
+            name = _model_hardware(params, ds, m, s)
             seen[name] = seen.get(name, 0) + 1
-    runs = "; ".join(f"{name} ({n} runs)" for name, n in seen.items())
-    return (f"Trained on: {runs}. Train min/run: wall-clock of the training epochs of one run "
-            "(mean ± std over seeds; start-up and evaluation not included).")
+    runs = "; ".join(f"{name} ({n} run{'s' if n != 1 else ''})" for name, n in seen.items())
+    return f"Trained on: {runs}."
 
 
 def _recipe_line(params: Params, ds: str) -> str:
@@ -187,177 +222,118 @@ def _recipe_line(params: Params, ds: str) -> str:
             f"augmentation `{r.augment}`.")
 
 
-def _geometry_section(methods: dict[str, Any], inside: str) -> list[str]:
-    lines = [
-        f"Geometry of the test embeddings (L2-normalised; METHOD.md section 1): a collapsed class has a "
-        f"small within/between spread ratio and a kNN purity of the sub-label near chance "
-        f"({_chance(methods)}) inside its {inside}.",
-        "",
-        "| Method | " + " | ".join(GEOMETRY_COLUMNS.values()) + " |",
-        "|---|" + "---:|" * len(GEOMETRY_COLUMNS),
-    ]
-    for m, entry in methods.items():
-        cells = [f"{entry[k]['mean']:.3f} ± {entry[k]['std']:.3f}" if k in entry else "—"
-                 for k in GEOMETRY_COLUMNS]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return lines
+def _section_input(params: Params, ds: str, methods: dict[str, Any]) -> SectionInput:
+    """What a dataset's task writes its section from: the summary, the shared lines, and the
+    registry entries of the dataset's source and of every dataset of its task with published numbers."""
+    from pipeline.data.registry import DATASETS
 
-
-def _coarse_to_fine_section(params: Params, ds: str, methods: dict[str, Any]) -> list[str]:
-    base = params.report.baseline
-    lines = [
-        f"## {ds}: coarse-to-fine transfer",
-        "",
-        _recipe_line(params, ds),
-        "",
-        _hardware_line(params, ds),
-        "",
-        "| Method | Loss / embedding | " + " | ".join(COARSE_TO_FINE_COLUMNS.values())
-        + f" | Lift over {base} | Train min/run | Paper, CIFAR-10 |",
-        "|---|---|" + "---:|" * (len(COARSE_TO_FINE_COLUMNS) + 3),
-    ]
-    for m, entry in methods.items():
-        cells = [_fmt(entry[k]) for k in COARSE_TO_FINE_COLUMNS]
-        paper = PAPER_CIFAR10_FINE.get(m)
-        lines.append(
-            f"| {m} | {_describe(params, m)} | " + " | ".join(cells)
-            + f" | {_fmt(entry.get(f'lift_over_{base}'), signed=True)} | {_training_minutes(params, ds, m)}"
-            + f" | {paper if paper is not None else '—'} |")
-    same = "the same task, so the numbers are directly comparable" if ds == "cifar10" else (
-        "a different dataset and scale, shown for the expected ordering only")
-    lines += [
-        "",
-        "Paper column: CIFAR-10 coarse (2) -> fine (10) top-1 from the official repository "
-        f"(METHOD.md section 6), {same}. The paper reports Thanos {PAPER_MEAN_LIFT:+.1f} points over "
-        "SupCon on average over 5 coarse-to-fine datasets (abstract).",
-        "",
-    ]
-    return lines + _geometry_section(methods, "coarse class")
-
-
-def _worst_group_section(params: Params, ds: str, methods: dict[str, Any]) -> list[str]:
-    base = params.report.baseline
-    lines = [
-        f"## {ds}: worst-group robustness",
-        "",
-        _recipe_line(params, ds) + " Trained on the task label y.",
-        "",
-        _hardware_line(params, ds),
-        "",
-        "Each cell: worst-group / average test accuracy (%). Heads on the frozen embeddings: ERM (plain "
-        "linear head); discovered groups (k-means on the L2-normalised embeddings inside each class, k by "
-        "cluster-averaged silhouette against a Gaussian null, no group labels) "
-        "+ group DRO; the oracles that see the true training groups (group DRO; group-balanced "
-        "retraining, DFR-style). Model selection on validation, on the groups each head may see.",
-        "",
-        "| Method | Loss / embedding | " + " | ".join(ROBUSTNESS_METHODS.values())
-        + f" | Discovery ARI within class | Smallest-group recall | Lift over {base} | Train min/run |",
-        "|---|---|" + "---:|" * (len(ROBUSTNESS_METHODS) + 4),
-    ]
-    # Waterbirds' "average" is conventionally weighted by training-group frequencies (METHOD.md 5).
-    weighted = ds == "waterbirds"
-    for m, entry in methods.items():
-        cells = [f"{entry[f'{h}/worst_group_acc']['mean']:.1f} ± {entry[f'{h}/worst_group_acc']['std']:.1f}"
-                 f" / {entry[f'{h}/avg_acc']['mean']:.1f}"
-                 + (f" ({entry[f'{h}/weighted_acc']['mean']:.1f} weighted)" if weighted else "")
-                 for h in ROBUSTNESS_METHODS]
-        lines.append(
-            f"| {m} | {_describe(params, m)} | " + " | ".join(cells)
-            + f" | {entry['discovery/ari_within_class']['mean']:.2f}"
-            + f" | {entry['discovery/smallest_group_recall']['mean']:.2f}"
-            + f" | {_fmt(entry.get(f'lift_over_{base}'), signed=True)} | {_training_minutes(params, ds, m)} |")
-    groups = sorted({k.split("/")[1] for e in methods.values() for k in e if k.startswith("erm/group_")})
-    lines += ["", "Per-group test accuracy (%), ERM and discovered groups + gDRO:", "",
-              "| Method | " + " | ".join(f"ERM {g.removesuffix('_acc')}" for g in groups) + " | "
-              + " | ".join(f"disc. {g.removesuffix('_acc')}" for g in groups) + " |",
-              "|---|" + "---:|" * (2 * len(groups))]
-    for m, entry in methods.items():
-        cells = [f"{entry[f'{h}/{g}']['mean']:.1f}" for h in ("erm", "discovered_gdro") for g in groups]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", _worst_group_references(ds), ""]
-    return lines + _geometry_section(methods, "task class")
-
-
-def _worst_group_references(ds: str) -> str:
-    """The published reference points for a real worst-group dataset, or where to find them."""
-    if ds in PAPER_WORST_GROUP:
-        points = "; ".join(f"{k} {v}" for k, v in PAPER_WORST_GROUP[ds].items())
-        return (f"Reference points for {ds} (METHOD.md section 6; ResNet-50, ImageNet-pretrained; "
-                f"worst / average): {points}. The paper reports Thanos 4.7 points of worst-group lift "
-                "over prior work across 3 datasets.")
-    names = {"waterbirds": "Waterbirds", "celeba": "CelebA"}
-    points = "; ".join(f"{names[d]} ERM {p['ERM']}, group DRO {p['group DRO (true groups)']}"
-                       for d, p in PAPER_WORST_GROUP.items())
-    return ("Published reference points (METHOD.md section 6; ResNet-50, ImageNet-pretrained; worst / "
-            f"average) exist for the real datasets only: {points}. The same pattern is expected here: "
-            "ERM's worst group well below its average, the oracle closing most of the gap.")
+    task = task_of(params, ds)
+    return SectionInput(
+        dataset=ds,
+        spec=DATASETS[params.datasets[ds].source],
+        references=tuple(s for s in DATASETS.values() if s.task == task.name and s.reference),
+        methods=methods,
+        describe={m: _describe(params, m) for m in methods},
+        baseline=params.report.baseline,
+        recipe=_recipe_line(params, ds),
+        hardware=_hardware_line(params, ds),
+        one_seed=_one_seed_line(params),
+    )
 
 
 def results_markdown(params: Params, summary: dict[str, Any]) -> str:
     base = params.report.baseline
-    head = params.evaluate.head
     seeds = ", ".join(str(s) for s in params.suite.seeds)
+    metrics = "(" + "; ".join(f"{t.label}: `{t.headline(params)}`" for t in TASKS.values()) + ")"
+    if len(params.suite.seeds) == 1:
+        spread = [
+            f"Every cell: the value of seed {seeds}; one seed (n = 1): no spread (the standard deviation "
+            "of one run is undefined, so none is shown); accuracies in %.",
+            f"Lift: the difference to `{base}` of each dataset's headline metric {metrics} on that seed.",
+        ]
+    else:
+        spread = [
+            f"Every cell: mean ± sample std over seeds {seeds} (n = {len(params.suite.seeds)}); accuracies in %.",
+            f"Lift: per-seed difference to `{base}` of each dataset's headline metric {metrics}, mean ± std.",
+        ]
     lines = [
         "# Results",
         "",
         "Compiled by the `report` stage (`dvc repro`) from the evaluate outputs; do not edit by hand.",
-        f"Every cell: mean ± sample std over seeds {seeds} (n = {len(params.suite.seeds)}); accuracies in %.",
-        f"Lift: per-seed difference to `{base}` of each dataset's headline metric "
-        f"(coarse-to-fine: `{params.report.headline}`; worst-group: `{WORST_GROUP_HEADLINE}`), mean ± std.",
-        "",
-        "Coarse-to-fine protocol: the frozen encoder embeds every split once, in eval mode. Then, on "
-        "fine labels (train split), evaluated top-1 on test:",
-        f"- *reference head*: the paper's transfer protocol (METHOD.md section 4), a linear head on the raw "
-        f"embeddings trained with AdamW (lr {head.lr:g}, weight decay {head.weight_decay:g}, batch "
-        f"{head.batch_size}) for {head.epochs} epochs;",
-        "- *logreg probe*: multinomial logistic regression on standardised embeddings, fitted to "
-        "convergence, C chosen on validation: the most a linear read-out can recover;",
-        f"- *kNN*: cosine similarity, k = {params.evaluate.knn_k}.",
-        "",
-        "A collapsed class keeps a tiny, still linearly separable within-class spread: the reference "
-        "head (raw scale, fixed budget) and kNN see the collapse, the converged logreg probe mostly "
-        "does not. Both are reported; the gap between them is itself a measure of collapse.",
+        *spread,
         "",
     ]
+    for task in TASKS.values():
+        lines += task.preamble(params)
     for ds, methods in summary.items():
-        if dataset_task(ds) == "worst_group":
-            lines += _worst_group_section(params, ds, methods)
-        else:
-            lines += _coarse_to_fine_section(params, ds, methods)
+        lines += task_of(params, ds).report_section(_section_input(params, ds, methods))
         lines += ["", f"![test embeddings, PCA](projections/{ds}.png)", ""]
-        lines += dataset_section(ds)
+        lines += dataset_section(params, ds)
     lines += ["![headline metric per method](headline.png)", ""]
     return "\n".join(lines)
 
 
-def bar_chart(params: Params, summary: dict[str, Any], path: Path) -> Path:
+def bar_chart_figure(params: Params, summary: dict[str, Any]) -> Any:
+    """The headline metric per method and dataset: mean with ± std error bars over the seeds,
+    or, with one seed (n = 1), that seed's value and no error bar. The caller closes it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = list(summary)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(1.0 + 1.1 * len(params.method_names), 4),
-                             squeeze=False)
+    # At least 4 inches a panel: titles and y labels of a small suite do not overlap.
+    width = max(1.0 + 1.1 * len(params.method_names), 4.0 * len(datasets))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(width, 4), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         methods = list(summary[ds])
         headline = headline_of(params, ds)
-        means = [summary[ds][m][headline]["mean"] for m in methods]
-        stds = [summary[ds][m][headline]["std"] for m in methods]
-        ax.bar(range(len(methods)), means, yerr=stds, capsize=4, color="#4c72b0")
+        entries = [summary[ds][m][headline] for m in methods]
+        means = [e["mean"] for e in entries]
+        spread = all(e["std"] is not None for e in entries)
+        ax.bar(range(len(methods)), means, yerr=[e["std"] for e in entries] if spread else None,
+               capsize=4 if spread else 0, color="#4c72b0")
         ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
-        low = max(0.0, min(means) - 10.0)
+        low = max(0.0, min(e["mean"] - (e["std"] or 0.0) for e in entries) - 10.0)  # whole error bars
         ax.set_ylim(low, 100.0)
-        title = COARSE_TO_FINE_COLUMNS.get(headline) or HEADLINE_TITLES[headline]
+        title = task_of(params, ds).metric_title(headline)
+        n = max(e["n"] for e in entries)
         ax.set(ylabel=f"{title} (%)",
-               title=f"{ds}: mean ± std over {len(params.suite.seeds)} seeds")
+               title=f"{ds}: mean ± std over {n} seeds" if spread
+               else f"{ds}: n = 1 (seed {params.suite.seeds[0]})")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, metadata={"Software": None}))
-    plt.close(fig)
-    return path
+    return fig
 
 
-def projection_grid(params: Params, dataset: str, path: Path) -> Path:
+def _write_png(fig: Any, path: Path, dpi: int) -> Path:
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={"Software": None}))
+
+
+def _save_png(fig: Any, path: Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        return _write_png(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def bar_chart(params: Params, summary: dict[str, Any], path: Path) -> Path:
+    return _save_png(bar_chart_figure(params, summary), path, dpi=110)
+
+
+def _test_embeddings(params: Params, dataset: str, method: str, seed: int) -> dict[str, np.ndarray]:
+    """The test split of one embedding file; :class:`OutputFileError` if it is not readable."""
+    path = paths.embedding_path(dataset, method, seed)
+    stage = paths.stage_name(params.stage_kind("embed", dataset, method), dataset, method, seed)
+    arrays = _read_input(path, stage, load_arrays)
+    if "test_x" not in arrays or getattr(arrays["test_x"], "ndim", 0) != 2:
+        raise OutputFileError(f"{path}: not an embedding file of this harness (no (N, d) `test_x`); "
+                              f"delete it and {_rerun(stage)}")
+    return arrays
+
+
+def projection_figure(params: Params, dataset: str) -> Any:
     """PCA of each method's test embeddings (first seed), coloured by fine label, one panel each."""
     import matplotlib
 
@@ -365,17 +341,16 @@ def projection_grid(params: Params, dataset: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from pipeline.evaluation.projection import project_2d
-    from pipeline.io import load_arrays
 
     methods = params.methods_for(dataset)
+    seed = params.suite.seeds[0]
+    arrays = {m: _test_embeddings(params, dataset, m, seed) for m in methods}  # all read before drawing
     cols = 4
     rows = -(-len(methods) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
-    seed = params.suite.seeds[0]
     for ax, m in zip(axes.flat, methods):
-        arrays = load_arrays(paths.embedding_path(dataset, m, seed))
-        xy = project_2d(arrays["test_x"], method="pca", seed=seed)
-        label = arrays.get("test_fine", arrays.get("test_group"))
+        xy = project_2d(arrays[m]["test_x"], method="pca", seed=seed)
+        label = arrays[m].get("test_fine", arrays[m].get("test_group"))
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=label, cmap="tab10", s=6, linewidths=0)
         ax.set_title(m, fontsize=10)
         ax.set_xticks([])
@@ -384,17 +359,34 @@ def projection_grid(params: Params, dataset: str, path: Path) -> Path:
         ax.axis("off")
     fig.colorbar(sc, ax=axes, shrink=0.6, label="fine label")
     fig.suptitle(f"{dataset}: test embeddings, PCA, seed {seed}")
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90, metadata={"Software": None}))
-    plt.close(fig)
-    return path
+    return fig
+
+
+def projection_grid(params: Params, dataset: str, path: Path) -> Path:
+    return _save_png(projection_figure(params, dataset), path, dpi=90)
 
 
 def write_report(params: Params, out_dir: Path) -> None:
+    """Compile every output of the report stage.
+
+    Every input is read (and checked) before the first output is written, so a bad input
+    leaves the previous report untouched rather than half replaced.
+    """
+    import matplotlib.pyplot as plt
+
     runs = collect(params)
     summary = summarise(runs, params.report.baseline,
                         {ds: headline_of(params, ds) for ds in params.suite_datasets})
-    bar_chart(params, summary, out_dir / "headline.png")
-    for ds in params.suite_datasets:
-        projection_grid(params, ds, out_dir / "projections" / f"{ds}.png")
-    write_text(out_dir / "results.md", results_markdown(params, summary))
+    markdown = results_markdown(params, summary)
+    figures: dict[Path, tuple[Any, int]] = {}
+    try:
+        figures[out_dir / "headline.png"] = (bar_chart_figure(params, summary), 110)
+        for ds in params.suite_datasets:
+            figures[out_dir / "projections" / f"{ds}.png"] = (projection_figure(params, ds), 90)
+        for path, (fig, dpi) in figures.items():
+            _write_png(fig, path, dpi)
+    finally:
+        for fig, _ in figures.values():
+            plt.close(fig)
+    write_text(out_dir / "results.md", markdown)
     write_json(out_dir / "summary.json", summary)

@@ -21,7 +21,8 @@ class ParamsError(ValueError):
 
 
 def constrained(default: Any = dataclasses.MISSING, **limits: Any) -> Any:
-    """A dataclass field with limits: min, max, exclusive_min, exclusive_max, choices, doc."""
+    """A dataclass field with limits: min, max, exclusive_min, exclusive_max, choices, doc; for a list,
+    min_len (its length) and the others (each item)."""
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=limits)
     if isinstance(default, (list, dict)):
@@ -89,8 +90,11 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
     if origin is list or origin is tuple:
         if not isinstance(value, list):
             raise ParamsError(f"{path}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+        if len(value) < meta.get("min_len", 0):
+            raise ParamsError(f"{path}: needs at least {meta['min_len']} item(s), got {value!r}")
         (item_tp,) = get_args(tp)[:1]
-        items = [convert(item_tp, v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
+        item_meta = {k: v for k, v in meta.items() if k != "min_len"}  # the other limits are per item
+        items = [convert(item_tp, v, f"{path}[{i}]", item_meta) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):

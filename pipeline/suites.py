@@ -15,7 +15,7 @@ refs (``dvc exp show``).
 
 The smoke mode (``--smoke``) runs the same stage groups on tiny fabricated copies of the
 datasets in their real formats (:mod:`pipeline.data.fabricate`): ``suite.smoke: true`` (so
-:func:`pipeline.config.load_params` applies :func:`apply_smoke`: one epoch, small batches,
+:func:`pipeline.config.load_params` applies :func:`pipeline.smoke.apply_smoke`: one epoch, small batches,
 CPU), one seed, and only the methods the robustness protocol runs (``Suite.smoke_methods``),
 which still gives every stage group for every dataset. It runs with ``dvc exp run --temp``: in
 a temporary copy of the project (last commit plus uncommitted changes to tracked files), so it
@@ -24,81 +24,10 @@ never changes the workspace's params.yaml, dvc.lock, artifacts, reports or MLflo
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
-
-from pipeline.data.fabricate import SMOKE_PREPARE
-
-# ---------------------------------------------------------------------------- the smoke mode
-
-# One epoch runs the training loop's code once (views, every loss term, schedule, history).
-SMOKE_EPOCHS = 1
-# Small batches: a fabricated training split of 32-110 images still gives 2-6 optimiser steps.
-SMOKE_BATCH_SIZE = 16
-# The decoder of the class-conditional autoencoder at its narrowest sensible width: at 64 (the
-# reference) it costs more than the encoder on a CPU; its layer structure does not change.
-SMOKE_DECODER_WIDTH = 8
-# The transfer head's epochs: two, so its epoch loop runs more than once.
-SMOKE_HEAD_EPOCHS = 2
-# kNN neighbours: the smallest fabricated training split has 32 images, and k must not exceed it.
-SMOKE_MAX_KNN_K = 10
-
-
-def apply_smoke(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The raw params dict shrunk to a CPU wiring check; ``data`` itself is not modified.
-
-    Applied by ``load_params`` before validation when ``suite.smoke`` is true, so every stage
-    sees the same shrunk params. Only values are changed, never which datasets, methods or
-    seeds run (dvc.yaml expands those from params.yaml itself); keys it does not know and
-    malformed entries are left for validation to report.
-
-    - every recipe: ``epochs`` 1, ``batch_size`` at most 16, ``warmup_epochs`` 0, decoder
-      width at most 8; the backbone and augmentation stay, so every model's code path runs;
-    - the ``prepare`` options of datasets with a fabricated copy: ``SMOKE_PREPARE`` (50%
-      validation splits that fit the tiny copies, 16 px images for the JPEG datasets);
-    - ``evaluate.head.epochs`` 2, ``evaluate.knn_k`` at most 10;
-    - ``train``: CPU, fp32, no torch.compile (a GPU suite's settings, undone for CI).
-    """
-    out = copy.deepcopy(dict(data))
-    datasets = out.get("datasets")
-    for entry in datasets.values() if isinstance(datasets, dict) else ():
-        if not isinstance(entry, dict):
-            continue
-        recipe = entry.get("recipe")
-        if isinstance(recipe, dict):
-            _shrink(recipe, "epochs", SMOKE_EPOCHS)
-            _shrink(recipe, "batch_size", SMOKE_BATCH_SIZE)
-            _shrink(recipe, "warmup_epochs", 0)
-            recipe.setdefault("decoder_width", SMOKE_DECODER_WIDTH)  # its default (64) is not small
-            _shrink(recipe, "decoder_width", SMOKE_DECODER_WIDTH)
-        source = entry.get("source")
-        if isinstance(source, str) and source in SMOKE_PREPARE:
-            prepare = entry.get("prepare")
-            if prepare is None:
-                prepare = entry["prepare"] = {}
-            if isinstance(prepare, dict):
-                prepare.update(copy.deepcopy(SMOKE_PREPARE[source]))
-    evaluate = out.get("evaluate")
-    if isinstance(evaluate, dict):
-        head = evaluate.setdefault("head", {})
-        if isinstance(head, dict):
-            head["epochs"] = SMOKE_HEAD_EPOCHS
-        _shrink(evaluate, "knn_k", SMOKE_MAX_KNN_K)
-    train = out.get("train")
-    if isinstance(train, dict):
-        train.update(device="cpu", precision="fp32", compile=False)
-    return out
-
-
-def _shrink(section: dict[str, Any], key: str, limit: int) -> None:
-    """Cap ``section[key]`` at ``limit`` where it is a number; a missing key stays missing
-    (validation names it), a wrong type stays wrong (validation names that too)."""
-    value = section.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        section[key] = min(value, limit)
 
 
 # ---------------------------------------------------------------------------- suites
@@ -224,5 +153,5 @@ def exp_run_argv(suite: str | Suite, smoke: bool = False, extra: Sequence[str] =
     return argv
 
 
-__all__ = ["PAPER", "SUITES", "Suite", "apply_smoke", "dropped_methods", "exp_run_argv", "get_suite", "hydra_value",
+__all__ = ["PAPER", "SUITES", "Suite", "dropped_methods", "exp_run_argv", "get_suite", "hydra_value",
            "overrides"]

@@ -22,23 +22,43 @@ the run makes no further calls. Three things keep that cheap:
   ``atexit`` hook calls a dead server again when the process exits;
 * with SQLite, the first access of a fresh store (which runs MLflow's schema migrations) is
   serialised across processes by a file lock, and "database is locked" errors are retried with
-  a bounded backoff: two stages may log to one store at the same time.
+  a bounded backoff: two stages may log to one store at the same time. A store SQLite cannot
+  open at all fails at once (MLflow alone retries that for ~50 s).
+
+"One warning" is literal: while this module calls the store, the loggers of MLflow's store layer,
+SQLAlchemy, alembic and urllib3 are held at CRITICAL (a read-only SQLite store otherwise prints a
+~90-line traceback from ``mlflow.store.db.utils`` first), and the warning names the root cause on
+one line (:func:`describe_error`).
+
+A process killed with SIGKILL cannot close its run, which would stay RUNNING for ever. So every run
+is tagged with where it runs (``host``, ``pid``, ``pid_start``: boot id and start time of that
+process, ``pid_namespace``, ``workspace``: the stage's resolved working directory,
+``stage_lock``: ``held`` when the stage holds :func:`pipeline.cli.exclusive`), and a new run of
+a stage first marks KILLED the RUNNING runs of the same stage whose process is provably gone
+(:func:`close_stale_runs`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import socket
+import sqlite3
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from pipeline import paths
+from pipeline.hashing import file_md5  # also imported from here by pipeline.relog and tests
 
 EXPERIMENT_PREFIX = "thanos-bench"
 
@@ -52,6 +72,12 @@ HTTP_DEFAULTS = {
 # Waits (s) before retrying an SQLite "database is locked" error; MLflow's own busy timeout
 # (20 s per statement) comes first, so these only matter under sustained contention.
 LOCKED_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+# Held at CRITICAL while this module calls the store: every failure there reaches the caller as an
+# exception that becomes the one warning, so their own error logs (tracebacks) would only repeat it.
+QUIET_LOGGERS = ("mlflow.store", "mlflow.utils.rest_utils", "sqlalchemy", "sqlalchemy.engine", "alembic",
+                 "urllib3")
+STALE_ERROR = ("process {pid} on {host} ended without closing this run (killed?); "
+               "marked KILLED by a later run of the same stage")
 
 T = TypeVar("T")
 
@@ -82,18 +108,9 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def file_md5(path: str | Path) -> str:
-    """The md5 of a file's bytes, as ``dvc.lock`` records it for a file output."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stage_output(stage: str, dataset: str, method: str, seed: int) -> Path | None:
     """The DVC output a run of ``stage`` stands for (its ``output_md5`` tag), if the stage has one."""
-    kind = stage.split("@")[0].removesuffix("_robust").removesuffix("_concat")
+    kind = paths.stage_kind_of(stage)
     if kind == "train":
         return paths.model_path(dataset, method, seed)
     if kind == "evaluate":
@@ -127,8 +144,95 @@ def _sqlite_path(uri: str) -> Path | None:
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
         return None
-    path = uri[len(prefix):].split("?", 1)[0]
+    path, _, query = uri[len(prefix):].partition("?")
+    if "uri=true" in query.lower() and path.startswith("file:"):  # sqlite:///file:/x.db?mode=ro&uri=true
+        path = path[len("file:"):]
     return Path(path).resolve() if path and path != ":memory:" else None
+
+
+def _check_sqlite_opens(uri: str) -> None:
+    """Raise at once where SQLite cannot open the store of an ``sqlite:///`` URI at all.
+
+    MLflow retries creating its engine 9 times over ~50 s (``create_sqlalchemy_engine_with_retry``)
+    before giving up, e.g. on a ``mode=ro`` URI of a missing file or a folder it may not write in.
+    An existing database is opened read-only (nothing is written); a missing one is left to MLflow,
+    which creates it (and its folder).
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return
+    target = uri[len(prefix):]
+    path, _, query = target.partition("?")
+    if "uri=true" in query.lower():
+        con = sqlite3.connect(target, uri=True, timeout=20)
+    else:
+        db = Path(path)
+        if not path or path == ":memory:":
+            return
+        if not db.exists():
+            if db.parent.is_dir() and not os.access(db.parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"cannot create {db}: its folder is not writable")
+            return
+        con = sqlite3.connect(f"file:{quote(str(db.resolve()))}?mode=ro", uri=True, timeout=20)
+    try:
+        con.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.OperationalError as err:
+        if not _is_locked(err):  # busy writers: MLflow waits for them (20 s a statement), and so do we
+            raise
+    finally:
+        con.close()
+
+
+_quiet = {"depth": 0, "levels": [], "lock": threading.Lock()}
+
+
+@contextmanager
+def quiet_store_logs() -> Iterator[None]:
+    """Hold the loggers of :data:`QUIET_LOGGERS` at CRITICAL while the block runs (levels restored
+    when the outermost such block, in any thread, ends).
+
+    MLflow configures its loggers when imported, so it is imported first: otherwise restoring
+    would undo its configuration.
+    """
+    import mlflow  # noqa: F401
+
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    with _quiet["lock"]:
+        if _quiet["depth"] == 0:
+            _quiet["levels"] = [logger.level for logger in loggers]
+            for logger in loggers:
+                logger.setLevel(logging.CRITICAL)
+        _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _quiet["lock"]:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                for logger, level in zip(loggers, _quiet["levels"]):
+                    logger.setLevel(level)
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` on one line, naming the root cause of a chain of errors.
+
+    MLflow wraps SQLAlchemy's errors, whose text spans lines (the SQL, its parameters, a link):
+    ``MlflowException: (raised as a result of Query-invoked autoflush; ...)\n(sqlite3.Operational
+    Error) attempt to write a readonly database\n[SQL: INSERT ...]`` becomes ``MlflowException
+    from OperationalError: attempt to write a readonly database``.
+    """
+    root, seen = err, {id(err)}
+    while True:
+        cause = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if cause is None or id(cause) in seen:
+            break
+        root = cause
+        seen.add(id(root))
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    text = next((line for line in lines if not line.startswith("(raised as a result of")), "")
+    name = type(err).__name__ if root is err else f"{type(err).__name__} from {type(root).__name__}"
+    text = f"{name}: {text}" if text else name
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 @contextmanager
@@ -186,7 +290,9 @@ def connect(uri: str | None = None) -> Any:
 
     uri = uri or tracking_uri()
     bound_http_retries()
-    with _store_init_lock(uri):  # the client opens the store at once: a fresh one gets its schema
+    # The client opens the store at once: a fresh one gets its schema, under the lock.
+    with quiet_store_logs(), _store_init_lock(uri):
+        _check_sqlite_opens(uri)
         client = _retrying(lambda: MlflowClient(uri))
         _retrying(lambda: client.search_experiments(max_results=1))
     return client
@@ -221,6 +327,120 @@ def run_params(params: Any, kind: str, dataset: str, method: str) -> dict[str, A
     raise ValueError(f"no MLflow params for stage kind {kind!r}; expected 'train' or 'evaluate'")
 
 
+def process_start(pid: int | str = "self") -> str | None:
+    """``<boot id>:<start time>`` of a process (its start in clock ticks since boot, from
+    ``/proc/<pid>/stat``): the same only for the same process, even across pid reuse and reboots.
+    None where ``/proc`` is missing (not Linux) or the process is gone."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{boot}:{stat[stat.rindex(')') + 2:].split()[19]}"  # field 22; the name may hold ')'
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and only waits for its parent to reap it (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (``pid:[4026531836]``): containers on one host have their own."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists (another user's); anything else: unsure, so it may exist
+        return True
+    return True
+
+
+def holds_stage_lock(stage: str) -> bool:
+    """Whether this process holds :func:`pipeline.cli.exclusive` for ``stage`` in the working directory.
+
+    ``exclusive`` writes its holder's pid into the lock file (named as there) after taking the lock
+    and clears it on release. Only the pid is read: probing the ``flock`` would take the lock for
+    an instant, and a stage starting at that instant would be refused as "already running".
+    """
+    try:
+        key = hashlib.sha1(f"{Path.cwd().resolve()}\0{stage}".encode()).hexdigest()[:16]
+        lock = Path(tempfile.gettempdir()) / f"thanos-bench-stage-{key}.lock"
+        return lock.read_text().strip() == str(os.getpid())
+    except OSError:
+        return False
+
+
+def whereabouts(stage: str) -> dict[str, str]:
+    """The tags that say where a run of ``stage`` runs: ``host``, ``pid``, ``pid_start`` and
+    ``pid_namespace`` (where known), ``workspace`` and ``stage_lock`` (``held`` or ``none``)."""
+    here = {"host": socket.gethostname(), "pid": str(os.getpid())}
+    for key, value in (("pid_start", process_start()), ("pid_namespace", _pid_namespace())):
+        if value:
+            here[key] = value
+    try:
+        here["workspace"] = str(Path.cwd().resolve())
+    except OSError:  # the working directory was deleted
+        pass
+    here["stage_lock"] = "held" if holds_stage_lock(stage) else "none"
+    return here
+
+
+def process_gone(tags: Mapping[str, str], here: Mapping[str, str]) -> bool:
+    """Whether the process that started a run (its tags) has provably ended, seen from ``here``.
+
+    Only on the same host (and pid namespace). Ended: its pid is free, or a zombie, or taken by
+    another process (another ``pid_start``); or both it and ``here`` held the stage lock in the
+    same workspace, which only one process at a time can hold (the lock lives in this host's
+    temporary folder, so it says nothing about another host even with a shared workspace).
+    Without these tags (runs logged before they existed) nothing is provable.
+    """
+    if not tags.get("host") or tags.get("host") != here.get("host") or not str(tags.get("pid", "")).isdigit():
+        return False
+    if tags.get("pid_namespace") != here.get("pid_namespace"):  # another container: its pids are not ours
+        return False
+    if (here.get("stage_lock") == "held" and tags.get("stage_lock") == "held"
+            and tags.get("workspace") and tags.get("workspace") == here.get("workspace")
+            and tags.get("pid") != here.get("pid")):
+        return True
+    pid = int(tags["pid"])
+    if pid <= 0:
+        return False
+    if not _pid_exists(pid) or _zombie(pid):
+        return True
+    started, now = tags.get("pid_start"), process_start(pid)
+    return bool(started and now and started != now)  # unsure: a live pid is taken as alive
+
+
+def close_stale_runs(client: Any, experiment: str, stage: str, here: Mapping[str, str]) -> list[str]:
+    """Mark KILLED (tag ``error`` saying why) each RUNNING run of ``stage`` in ``experiment`` whose
+    process is gone (:func:`process_gone`); the pids of the runs marked."""
+    if "'" in stage:  # not a stage name this project makes; no filter quoting to get wrong
+        return []
+    marked = []
+    for run in search_all_runs(client, [experiment],
+                               f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if not process_gone(tags, here):
+            continue
+        run_id = run.info.run_id
+        error = STALE_ERROR.format(pid=tags["pid"], host=tags["host"])
+        _retrying(lambda: client.set_tag(run_id, "error", error))
+        _retrying(lambda: client.set_terminated(run_id, "KILLED"))
+        marked.append(tags["pid"])
+    return marked
+
+
 class Run:
     """A live MLflow run, or a no-op (``Run(None, None)``) after the tracking store failed.
 
@@ -239,10 +459,11 @@ class Run:
             return
         client = self._client
         try:
-            _retrying(lambda: getattr(client, fn)(self.run_id, *args, **kwargs))
+            with quiet_store_logs():
+                _retrying(lambda: getattr(client, fn)(self.run_id, *args, **kwargs))
         except Exception as err:  # tracking must never cost a result
             self._client = None
-            message = f"MLflow: could not {what} ({type(err).__name__}: {err})"
+            message = f"MLflow: could not {what} ({describe_error(err)})"
             if self.strict:
                 raise TrackingError(message) from err
             warnings.warn(f"{message}; no further logging for this run, the stage goes on and its DVC "
@@ -291,6 +512,8 @@ def start_run(stage: str, dataset: str, method: str, seed: int,
               strict: bool = False) -> Iterator[Run]:
     """An MLflow run for one stage execution.
 
+    First, RUNNING runs of the same stage left by processes that are gone (killed with SIGKILL,
+    say) are marked KILLED (:func:`close_stale_runs`), and one line on stderr says how many.
     On exit it is FINISHED (tagged ``output_md5`` when the stage's output exists), FAILED if
     the body raised an error (tagged ``error`` with its message), or KILLED if it was
     interrupted (KeyboardInterrupt, or a signal turned into one by :mod:`pipeline.cli`).
@@ -298,25 +521,31 @@ def start_run(stage: str, dataset: str, method: str, seed: int,
     (re-logging) it raises :class:`TrackingError`.
     """
     commit = git_commit(repository_root())
+    here = whereabouts(stage)
     all_tags = {"dataset": dataset, "method": method, "seed": str(seed), "dvc_stage": stage,
-                "git_commit": commit, "mlflow.source.git.commit": commit, **(tags or {})}
+                "git_commit": commit, "mlflow.source.git.commit": commit, **here, **(tags or {})}
     uri = tracking_uri()
     try:
         from mlflow.tracking.context.registry import resolve_tags
 
         client = connect(uri)
-        exp = experiment_id(client, dataset)
-        active = _retrying(lambda: client.create_run(
-            exp, run_name=f"{stage.split('@')[0]}:{method}/seed{seed}", tags=resolve_tags(all_tags)))
+        with quiet_store_logs():
+            exp = experiment_id(client, dataset)
+            stale = close_stale_runs(client, exp, stage, here)
+            active = _retrying(lambda: client.create_run(
+                exp, run_name=f"{stage.split('@')[0]}:{method}/seed{seed}", tags=resolve_tags(all_tags)))
         run = Run(client, active.info.run_id, strict=strict)
     except Exception as err:
-        message = f"MLflow: tracking store {uri} unavailable ({type(err).__name__}: {err})"
+        message = f"MLflow: tracking store {uri} unavailable ({describe_error(err)})"
         if strict:
             raise TrackingError(message) from err
         warnings.warn(f"{message}; running without tracking, DVC outputs are unaffected "
                       "(re-log later: python -m stages.log_runs)", stacklevel=3)
         yield Run(None, None)
         return
+    if stale:
+        print(f"MLflow: marked {len(stale)} stale RUNNING run(s) of {stage} KILLED: process(es) "
+              f"{', '.join(stale)} on {here['host']} ended without closing them", file=sys.stderr, flush=True)
     if params:
         run.log_params(params)
     try:
@@ -340,8 +569,9 @@ def search_all_runs(client: Any, experiment_ids: Sequence[str], filter_string: s
     runs: list[Any] = []
     token = None
     while True:
-        page = _retrying(lambda: client.search_runs(list(experiment_ids), filter_string,
-                                                   max_results=1000, page_token=token))
+        with quiet_store_logs():
+            page = _retrying(lambda: client.search_runs(list(experiment_ids), filter_string,
+                                                       max_results=1000, page_token=token))
         runs += list(page)
         token = page.token
         if not token:

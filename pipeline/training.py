@@ -56,25 +56,19 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.augment import BatchAugment, channel_stats
-from pipeline.config import CONTRASTIVE_TERMS, DatasetParams, LossWeights, TrainParams
+from pipeline.config import DatasetParams, LossWeights, RecipeParams, TrainParams
 from pipeline.data.records import Records
+from pipeline.devices import select_device
+from pipeline.errors import StageError
+from pipeline.formats import MODEL_FORMAT, RESUME_FORMAT
+from pipeline.losses import TERMS as CONTRASTIVE_TERMS
 from pipeline.losses import contrastive_losses
 from pipeline.models import build_decoder, build_encoder
 
-MODEL_FORMAT = "thanos-bench/encoder/v1"
-RESUME_FORMAT = "thanos-bench/resume/v1"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(StageError):
     """A loss term became NaN or inf; the message names the epoch, step and term."""
-
-
-def select_device(preference: str) -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
 
 
 class Learner(nn.Module):
@@ -158,6 +152,31 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+# (one hash of the code that trains, its per-file hashes): see pipeline.provenance.code_fingerprint
+CodeVersion = tuple[str, dict[str, str]]
+# Per-epoch fields that measure the machine, not the run: logged (MLflow, logs/), never in the
+# history that is a DVC output, so that a byte-identical retrain changes no output.
+TIMING_KEYS = ("seconds", "images_per_s")
+# A run whose last epoch's mean loss is not at least this much (relative) below its first epoch's
+# did not learn: a healthy run's first epoch holds the loss at initialisation and falls well below it.
+STALL_RTOL = 1e-3
+
+
+def stalled_loss(history: list[dict[str, float]], rtol: float = STALL_RTOL) -> str | None:
+    """Why the run's optimised objective (``loss/total``) did not fall, or None if it did.
+
+    Per-term values are not judged: a mix of conflicting terms (SupCon against cNCE) may let one
+    rise while the total falls. Needs two epochs or more.
+    """
+    if len(history) < 2:
+        return None
+    first, last = history[0]["loss/total"], history[-1]["loss/total"]
+    if last < first - rtol * abs(first):
+        return None
+    return (f"the total loss did not fall over {len(history)} epochs (epoch 1: {first:.6g}, epoch "
+            f"{len(history)}: {last:.6g})")
+
+
 def fingerprint(*parts: Any) -> str:
     """A stable hash of the settings a run depends on (a resume state must match it)."""
     blob = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts],
@@ -179,8 +198,9 @@ def _save_resume(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def _load_resume(path: Path, expected: str) -> dict[str, Any] | None:
-    """The resume state at ``path`` if it belongs to this exact run, else None."""
+def _load_resume(path: Path, expected: str, code: CodeVersion | None) -> dict[str, Any] | None:
+    """The resume state at ``path`` if it belongs to this exact run (same settings and, when
+    ``code`` is given, the same code), else None with one line saying why it is discarded."""
     if not path.exists():
         return None
     try:
@@ -191,21 +211,44 @@ def _load_resume(path: Path, expected: str) -> dict[str, Any] | None:
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or state.get("fingerprint") != expected:
         tqdm.write(f"ignoring resume state {path}: it belongs to other settings")
         return None
+    if code is not None:
+        saved = state.get("code") if isinstance(state.get("code"), dict) else {}
+        if saved.get("fingerprint") != code[0]:
+            old_files = saved.get("files") if isinstance(saved.get("files"), dict) else {}
+            changed = sorted(f for f in {*old_files, *code[1]} if old_files.get(f) != code[1].get(f))
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            tqdm.write(f"ignoring resume state {path}: it was written by other code (changed since: "
+                       f"{shown or 'unknown, the checkpoint predates code fingerprints'}); training from epoch 0 "
+                       "so that no model mixes epochs of two code versions")
+            return None
     return state
 
 
-def train(
-    records: Records,
-    dataset: DatasetParams,
-    weights: LossWeights,
-    opts: TrainParams,
-    seed: int,
-    *,
-    resume_path: Path | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
-    progress: bool = True,
-) -> TrainOutcome:
-    """Train an encoder on ``records``' training split with the loss ``weights``."""
+@dataclass
+class _Session:
+    """Everything one training run holds, built by :func:`_setup` (in a fixed order: the random
+    stream it consumes decides the initial weights)."""
+
+    device: torch.device
+    world: int
+    rank: int
+    images: Tensor               # (N, C, H, W) uint8, resident on the device
+    labels: Tensor               # (N,) training labels
+    mean: Tensor                 # (C,) channel statistics of the training images, [0, 1] scale
+    std: Tensor
+    augment: BatchAugment
+    learner: Learner
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batch: int                   # global batch, images
+    steps_per_epoch: int
+    rows: slice                  # this rank's rows of every global batch
+    key: str                     # fingerprint of the settings (the resume state must match it)
+
+
+def _setup(records: Records, dataset: DatasetParams, weights: LossWeights, opts: TrainParams,
+           seed: int) -> _Session:
+    """Device, resident data, augmentation, model, optimiser and schedule of one run."""
     recipe = dataset.recipe
     device = select_device(opts.device)
     world, rank = distributed.world_size(), distributed.rank()
@@ -233,102 +276,146 @@ def train(
     if batch < world:
         raise ValueError(f"datasets.{records.name}.recipe.batch_size: the global batch ({batch} images) "
                          f"must be at least the number of processes ({world})")
-    # This rank's rows of every global batch: contiguous, sizes differing by at most one.
-    lo, hi = batch * rank // world, batch * (rank + 1) // world
     total_steps = recipe.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(learner.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     warmup = recipe.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup))
-
     # One process keeps its historical fingerprint; a multi-process run is another run (BatchNorm
     # statistics per rank), so its resume state is not mixed up with a one-process one.
     key = fingerprint(dataset, weights, opts, seed, records.name, *([{"world_size": world}] if world > 1 else []))
+    # This rank's rows of every global batch: contiguous, sizes differing by at most one.
+    rows = slice(batch * rank // world, batch * (rank + 1) // world)
+    return _Session(device, world, rank, images, labels, mean, std, augment, learner, optimizer, scheduler,
+                    batch, steps_per_epoch, rows, key)
+
+
+def _restore(run: _Session, state: dict[str, Any]) -> tuple[list[dict[str, float]], int]:
+    """Load a resume state into the run: (the history so far, the epoch to start at)."""
+    run.learner.load_state_dict(state["learner"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if run.device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return list(state["history"]), int(state["epoch"])
+
+
+def _checkpoint(run: _Session, path: Path, epoch: int, history: list[dict[str, float]],
+                code: CodeVersion | None) -> None:
+    """Write the resume state after ``epoch`` epochs (rank 0's resumes every rank: weights and
+    optimiser state are replicated by DDP, and the shared random stream is the same on every rank)."""
+    state = {
+        "format": RESUME_FORMAT, "fingerprint": run.key, "epoch": epoch, "history": history,
+        "code": {"fingerprint": code[0], "files": code[1]} if code is not None else None,
+        "learner": run.learner.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
+    }
+    if run.device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state()
+    _save_resume(path, state)
+
+
+def _epoch(run: _Session, model: nn.Module, epoch: int, recipe: RecipeParams, weights: LossWeights,
+           opts: TrainParams, seed: int) -> dict[str, float]:
+    """One epoch of optimiser steps; its record: mean loss per term, epoch, lr and the timings."""
+    run.learner.train()
+    active = weights.active()
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16")
+    # The batch order of an epoch depends only on (seed, epoch), so a resumed run replays it.
+    order_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(run.images), generator=order_gen).to(run.device)
+    sums = {t: 0.0 for t in [*active, "total"]}
+    t0 = time.perf_counter()
+    for step in range(run.steps_per_epoch):
+        idx = order[step * run.batch:(step + 1) * run.batch]
+        views, y = run.augment.views(run.images[idx], recipe.views), run.labels[idx]
+        model_rng = nullcontext()
+        if run.world > 1:
+            views, y = views[run.rows], y[run.rows]
+            model_rng = _rank_rng(seed, run.rank, epoch * run.steps_per_epoch + step, run.device)
+        with autocast, model_rng:
+            terms = loss_terms(model, views, y, weights, opts)
+        total = sum(active[t] * terms[t] for t in active)
+        if not torch.isfinite(total):
+            bad = {t: float(v.detach()) for t, v in terms.items() if not torch.isfinite(v)}
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, step {step + 1}: terms {bad} "
+                f"(total {float(total.detach())}); training stopped, no model written")
+        run.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        for t in active:
+            sums[t] += float(terms[t].detach())
+        sums["total"] += float(total.detach())
+    seconds = time.perf_counter() - t0
+    record = {f"loss/{t}": s / run.steps_per_epoch for t, s in sums.items()}
+    record.update(epoch=epoch + 1, lr=run.optimizer.param_groups[0]["lr"])
+    # images/s of the whole job (all ranks): every rank times the same global batches.
+    record.update(seconds=seconds, images_per_s=run.steps_per_epoch * run.batch * recipe.views / seconds)
+    return record
+
+
+def _export(run: _Session, records: Records, backbone: str) -> dict[str, Any]:
+    """The model file's content: the frozen encoder (on the CPU), its input statistics, metadata."""
+    encoder_state = {k: v.detach().cpu().contiguous() for k, v in run.learner.encoder.state_dict().items()}
+    return {
+        "format": MODEL_FORMAT,
+        "backbone": backbone,
+        "image_shape": list(records.image_shape),
+        "embed_dim": int(run.learner.encoder.embed_dim),
+        "mean": run.mean.cpu(),
+        "std": run.std.cpu(),
+        "encoder": encoder_state,
+        "fingerprint": run.key,
+    }
+
+
+def train(
+    records: Records,
+    dataset: DatasetParams,
+    weights: LossWeights,
+    opts: TrainParams,
+    seed: int,
+    *,
+    resume_path: Path | None = None,
+    code: CodeVersion | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainOutcome:
+    """Train an encoder on ``records``' training split with the loss ``weights``.
+
+    ``resume_path``: where resume checkpoints go; one written with the same settings (and the
+    same ``code``, see :func:`pipeline.provenance.code_fingerprint`) is resumed. ``on_epoch``
+    gets each epoch's record: losses, lr and the timings of :data:`TIMING_KEYS`; the returned
+    history holds the same records without the timings.
+    """
+    recipe = dataset.recipe
+    run = _setup(records, dataset, weights, opts, seed)
     history: list[dict[str, float]] = []
     start_epoch = 0
-    if resume_path is not None and (state := _load_resume(resume_path, key)) is not None:
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        if rank == 0:
+    if resume_path is not None and (state := _load_resume(resume_path, run.key, code)) is not None:
+        history, start_epoch = _restore(run, state)
+        if run.rank == 0:
             tqdm.write(f"resuming from {resume_path} at epoch {start_epoch}")
 
     # Wrap after loading any resume state: DDP broadcasts rank 0's weights when it is built.
-    forward_model: nn.Module = learner
-    if world > 1:
-        forward_model = DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
+    model: nn.Module = run.learner
+    if run.world > 1:
+        model = DistributedDataParallel(run.learner, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     if opts.compile:
-        forward_model = torch.compile(forward_model)  # type: ignore[assignment]
+        model = torch.compile(model)  # type: ignore[assignment]
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16")
-    active = weights.active()
     bar = tqdm(range(start_epoch, recipe.epochs), initial=start_epoch, total=recipe.epochs,
-               desc=f"{records.name} seed {seed}", disable=not progress or rank != 0, leave=False)
+               desc=f"{records.name} seed {seed}", disable=not progress or run.rank != 0, leave=False)
     for epoch in bar:
-        learner.train()
-        # The batch order of an epoch depends only on (seed, epoch), so a resumed run replays it.
-        order_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(images), generator=order_gen).to(device)
-        sums = {t: 0.0 for t in [*active, "total"]}
-        t0 = time.perf_counter()
-        for step in range(steps_per_epoch):
-            idx = order[step * batch:(step + 1) * batch]
-            views, y = augment.views(images[idx], recipe.views), labels[idx]
-            model_rng = nullcontext()
-            if world > 1:
-                views, y = views[lo:hi], y[lo:hi]
-                model_rng = _rank_rng(seed, rank, epoch * steps_per_epoch + step, device)
-            with autocast, model_rng:
-                terms = loss_terms(forward_model, views, y, weights, opts)
-            total = sum(active[t] * terms[t] for t in active)
-            if not torch.isfinite(total):
-                bad = {t: float(v.detach()) for t, v in terms.items() if not torch.isfinite(v)}
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch + 1}, step {step + 1}: terms {bad} "
-                    f"(total {float(total.detach())}); training stopped, no model written")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            scheduler.step()
-            for t in active:
-                sums[t] += float(terms[t].detach())
-            sums["total"] += float(total.detach())
-        seconds = time.perf_counter() - t0
-        record = {f"loss/{t}": s / steps_per_epoch for t, s in sums.items()}
-        # images/s of the whole job (all ranks): every rank times the same global batches.
-        record.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], seconds=seconds,
-                      images_per_s=steps_per_epoch * batch * recipe.views / seconds)
-        history.append(record)
+        record = _epoch(run, model, epoch, recipe, weights, opts, seed)
+        history.append({k: v for k, v in record.items() if k not in TIMING_KEYS})
         bar.set_postfix(loss=f"{record['loss/total']:.3f}", img_s=f"{record['images_per_s']:.0f}")
         if on_epoch is not None:
             on_epoch(record)
         done = epoch + 1
-        # Rank 0's state resumes every rank: weights and optimiser state are replicated by DDP and
-        # the shared random stream is the same on every rank.
-        if resume_path is not None and rank == 0 and done % opts.checkpoint_every == 0 and done < recipe.epochs:
-            state = {
-                "format": RESUME_FORMAT, "fingerprint": key, "epoch": done, "history": history,
-                "learner": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
-            }
-            if device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state()
-            _save_resume(resume_path, state)
-
-    encoder_state = {k: v.detach().cpu().contiguous() for k, v in learner.encoder.state_dict().items()}
-    model = {
-        "format": MODEL_FORMAT,
-        "backbone": recipe.backbone,
-        "image_shape": list(records.image_shape),
-        "embed_dim": int(learner.encoder.embed_dim),
-        "mean": mean.cpu(),
-        "std": std.cpu(),
-        "encoder": encoder_state,
-        "fingerprint": key,
-    }
-    return TrainOutcome(model=model, history=history)
+        if resume_path is not None and run.rank == 0 and done % opts.checkpoint_every == 0 and done < recipe.epochs:
+            _checkpoint(run, resume_path, done, history, code)
+    return TrainOutcome(model=_export(run, records, recipe.backbone), history=history)

@@ -1,4 +1,4 @@
-"""DVC stage `download`: see :func:`pipeline.jobs.download_job`.
+"""DVC stage `download`: see :func:`pipeline.jobs.download.download_job`.
 
     python -m stages.download --dataset cifar10 [--no-download] [--timeout 30]
 
@@ -9,10 +9,9 @@ docs/datasets.md are verified and used without a download.
 import argparse
 import sys
 
-from pipeline.cli import signals_as_interrupts
-from pipeline.config import ParamsError, load_params
-from pipeline.data.download import DatasetError
-from pipeline.jobs import download_job
+from pipeline.cli import run_stage
+from pipeline.config import load_params
+from pipeline.jobs.download import download_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,17 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-download", action="store_true", help="only use files already under data.raw_root")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a silent connection fails")
     args = parser.parse_args(argv)
-    try:
-        with signals_as_interrupts():  # SIGTERM/SIGHUP clean up like Ctrl-C: no half-written cache
-            download_job(load_params(args.params), args.dataset, download=not args.no_download,
-                         timeout=args.timeout)
-    except KeyboardInterrupt:
-        print(f"interrupted: download@{args.dataset} stopped, nothing half-written was kept", file=sys.stderr)
-        return 130
-    except (ParamsError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ParamsError) else 1
-    return 0
+    # SIGTERM/SIGHUP clean up like Ctrl-C: no half-written cache; a failed download is one line.
+    return run_stage(f"download@{args.dataset}", lambda: download_job(
+        load_params(args.params), args.dataset, download=not args.no_download, timeout=args.timeout))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAMLError
 
+from pipeline.config import read_yaml
 from pipeline.suites import SUITES, exp_run_argv
 
 
@@ -37,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="the params file whose methods the smoke trims")
     args = parser.parse_args(argv)
     try:
-        methods = (yaml.safe_load(Path(args.params).read_text()) or {}).get("methods") if args.smoke else None
+        methods = (read_yaml(args.params) or {}).get("methods") if args.smoke else None
         command = exp_run_argv(args.suite, smoke=args.smoke, extra=args.extra, methods=methods)
-    except (OSError, yaml.YAMLError, ValueError) as err:
+    except (OSError, YAMLError, ValueError) as err:
         print(f"error: {args.params}: {err}", file=sys.stderr)
         return 2
     suite = SUITES[args.suite]

@@ -51,6 +51,18 @@ def tiny_params(epochs: int = 1, seeds: tuple[int, ...] = (0,),
     return p
 
 
+def params_error(mutate: Any) -> str:
+    """The message of the ParamsError that validating the repository's params, after
+    ``mutate(params)``, raises (the test fails if none is raised)."""
+    from pipeline.config import ParamsError, validate
+
+    p = repo_params()
+    mutate(p)
+    with pytest.raises(ParamsError) as info:
+        validate(p)
+    return str(info.value)
+
+
 def write_params(path: Path, params: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -64,7 +76,7 @@ def free_port() -> int:
 
 
 # What a DVC run of the project needs, copied into a scratch project by :func:`copy_project`.
-PROJECT_FILES = ["pipeline", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".gitignore"]
+PROJECT_FILES = ["pipeline", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 
 def copy_project(root: Path, params: dict[str, Any]) -> Path:
@@ -83,15 +95,15 @@ def copy_project(root: Path, params: dict[str, Any]) -> Path:
 
 def prepare_in(root: Path, params: dict[str, Any]) -> Path:
     """Write ``params`` to ``root/params.yaml`` and run the digits download stage there."""
-    from pipeline import jobs
     from pipeline.config import validate
+    from pipeline.jobs.download import download_job
 
     root.mkdir(parents=True, exist_ok=True)
     path = write_params(root / "params.yaml", params)
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        jobs.download_job(validate(params), "digits")
+        download_job(validate(params), "digits")
     finally:
         os.chdir(cwd)
     return path

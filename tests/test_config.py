@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, repo_params, write_params
+from conftest import params_error, ROOT, repo_params, write_params
 from pipeline.config import ParamsError, load_params, validate
 
 
@@ -17,12 +17,7 @@ def test_repository_params_are_valid() -> None:
     assert params.methods.trained["supcon_cnce"].active() == {"ce": 1.0, "supcon": 0.5, "cnce": 0.5}
 
 
-def _error(mutate) -> str:
-    p = repo_params()
-    mutate(p)
-    with pytest.raises(ParamsError) as info:
-        validate(p)
-    return str(info.value)
+_error = params_error
 
 
 def test_unknown_key_names_path_and_suggests() -> None:
@@ -69,8 +64,6 @@ def test_wrong_types_and_ranges() -> None:
     assert "train.symmetric: expected true or false" in _error(lambda p: p["train"].update(symmetric="yes"))
     assert "datasets.digits.recipe.epochs: expected an integer" in _error(
         lambda p: p["datasets"]["digits"]["recipe"].update(epochs=1.5))
-    assert "'resnet19' is not allowed (did you mean 'resnet18'?)" in _error(
-        lambda p: p["datasets"]["digits"]["recipe"].update(backbone="resnet19"))
     assert "train.precision: 'fp16' is not allowed" in _error(lambda p: p["train"].update(precision="fp16"))
 
 
@@ -142,3 +135,110 @@ def test_stage_cli_exits_2_before_any_work(tmp_path: Path, monkeypatch: pytest.M
     assert code == 2 and not ran
     assert "methods.trained.supcon.ce: -1.0 must be >= 0.0" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]
+
+
+# ------------------------------------------------------------------ one YAML reading for DVC and the stages
+
+YAML_1_2_NUMBERS = {"3e-3": 0.003, "1e-3": 0.001, "1.0e9": 1e9, ".5": 0.5, "5E-1": 0.5, "1_000.5": 1000.5}
+
+
+@pytest.mark.parametrize("text, value", sorted(YAML_1_2_NUMBERS.items()))
+def test_params_numbers_read_as_dvc_reads_them(tmp_path: Path, text: str, value: float) -> None:
+    """PyYAML (YAML 1.1) read `3e-3` as a string, DVC (YAML 1.2) as a number: DVC said "up to
+    date" while the stage failed. Stages now read params.yaml with DVC's own rules."""
+    from dvc.utils.serialize import parse_yaml
+
+    from pipeline.config import read_yaml
+
+    path = write_params(tmp_path / "params.yaml", repo_params())
+    path.write_text(path.read_text().replace("  temperature: 0.5\n", f"  temperature: {text}\n", 1))
+    assert f"temperature: {text}\n" in path.read_text()
+    dvc_view = parse_yaml(path.read_text(), str(path))
+    assert dvc_view["train"]["temperature"] == value and isinstance(dvc_view["train"]["temperature"], float)
+    assert read_yaml(path) == dvc_view
+    assert load_params(path).train.temperature == value
+
+
+# ------------------------------------------------------------------ cross-field bounds, empty grids
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda p: p["evaluate"].update(probe_cs=[]), "evaluate.probe_cs: needs at least 1 item(s), got []"),
+    (lambda p: p["suite"].update(seeds=[]), "suite.seeds: needs at least 1 item(s), got []"),
+    (lambda p: p["datasets"]["digits"]["prepare"].update(val_fraction=1.5),
+     "datasets.digits.prepare.val_fraction: 1.5 must be a number in (0, 1)"),
+    (lambda p: p["datasets"]["digits"]["prepare"].update(val_fraction="0.1"),
+     "datasets.digits.prepare.val_fraction: '0.1' must be a number in (0, 1)"),
+    (lambda p: p["datasets"]["digits"]["prepare"].update(val_fraction=0.5, test_fraction=0.5),
+     "datasets.digits.prepare: val_fraction + test_fraction = 1 leaves no training images"),
+])
+def test_bounds_across_fields_fail_with_the_key(mutate, expected: str) -> None:
+    assert expected in _error(mutate)
+
+
+def test_probe_cs_limits_still_apply_to_each_item() -> None:
+    assert "evaluate.probe_cs[1]: 0.0 must be > 0.0" in _error(lambda p: p["evaluate"].update(probe_cs=[1.0, 0.0]))
+
+
+def test_knn_k_against_the_training_split() -> None:
+    from pipeline.config import check_knn_k
+
+    params = validate(repo_params())
+    check_knn_k(params, "digits", params.evaluate.knn_k)  # equal is fine
+    with pytest.raises(ParamsError, match=r"evaluate.knn_k: 20 neighbours, but the training split of digits "
+                                          r"has only 19 images; use at most 19"):
+        check_knn_k(params, "digits", 19)
+
+
+@pytest.mark.parametrize("tau, warned", [(1e-9, True), (0.005, True), (0.01, False), (0.07, False),
+                                         (0.5, False), (10.0, False), (11.0, True), (1e9, True)])
+def test_a_temperature_outside_a_sane_range_warns_naming_the_key(tau: float, warned: bool) -> None:
+    from pipeline.config import sanity_warnings
+
+    p = repo_params()
+    p["train"]["temperature"] = tau
+    notes = sanity_warnings(validate(p))
+    assert bool(notes) == warned
+    assert all(n.startswith(f"train.temperature: {tau:g} is outside the sane range") for n in notes)
+
+
+# ------------------------------------------------------------------ names come from the registries
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("recipe.backbone", "resnet19", "datasets.digits.recipe.backbone: 'resnet19' is not allowed (did you mean 'resnet18'?)"),
+    ("recipe.augment", "cifarr", "datasets.digits.recipe.augment: 'cifarr' is not allowed (did you mean 'cifar'?)"),
+    ("source", "mnistt", "datasets.digits.source: 'mnistt' is not allowed (did you mean 'mnist'?)"),
+])
+def test_names_are_checked_against_the_registries(key: str, value: str, expected: str) -> None:
+    from pipeline.augment import RECIPES
+    from pipeline.config import check_names
+    from pipeline.data.registry import DATASETS
+    from pipeline.models import ENCODERS
+
+    p = repo_params()
+    section, _, field = key.rpartition(".")
+    (p["datasets"]["digits"][section] if section else p["datasets"]["digits"])[field] = value
+    params = validate(p)  # the schema alone does not know the names: the registries do
+    with pytest.raises(ParamsError) as info:
+        check_names(params, backbones=ENCODERS, augmentations=RECIPES, sources=DATASETS)
+    assert expected in str(info.value)
+    assert "allowed: " in str(info.value)
+
+
+def test_the_registries_are_the_only_source_of_names() -> None:
+    """The names validation accepts are the implementations' own keys, so a new backbone,
+    augmentation or dataset is one registry line (and nothing in pipeline/config.py)."""
+    import pipeline.config as config
+    from pipeline.augment import RECIPES
+    from pipeline.data.registry import DATASETS
+    from pipeline.losses import TERMS
+    from pipeline.models import ENCODERS
+
+    source = Path(config.__file__).read_text()
+    for names in (ENCODERS, RECIPES, DATASETS):
+        assert not any(f'"{n}"' in source for n in names), "a registry name is spelt out in pipeline/config.py"
+    assert set(TERMS) < set(config.LOSS_TERMS)  # the contrastive terms are some of the weights
+    p = repo_params()
+    for name in ENCODERS:
+        p["datasets"]["digits"]["recipe"]["backbone"] = name
+        validate(p)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fabricate import CELEBA_ATTRIBUTES, GROUP_COLOURS, fabricate_celeba, md5
 
 from pipeline.data import celeba
 from pipeline.data.download import DatasetFileError, DownloadError, RemoteFile
+from pipeline.data.fabricate import CELEBA_ATTRIBUTES, GROUP_COLOURS, fabricate_celeba
+from pipeline.hashing import file_md5
 
 GROUPS = {"train": (10, 8, 5, 1), "val": (3, 3, 2, 1), "test": (3, 3, 2, 1)}
 
@@ -24,7 +25,7 @@ def fabricated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 def rewrite(root: Path, name: str, lines: list[str]) -> dict[str, str]:
     """Replace a list file and return checksums matching the new content."""
     (root / "celeba" / name).write_text("\n".join(lines) + "\n")
-    return {f"celeba/{f}": md5(root / "celeba" / f) for f in (celeba.PARTITION, celeba.ATTRIBUTES)}
+    return {f"celeba/{f}": file_md5(root / "celeba" / f) for f in (celeba.PARTITION, celeba.ATTRIBUTES)}
 
 
 def test_celeba_official_splits_and_groups(fabricated: tuple[Path, dict[str, str]]) -> None:
@@ -76,7 +77,7 @@ def test_celeba_malformed_lists_are_reported(tmp_path: Path) -> None:
     fabricate_celeba(tmp_path, GROUPS)
     attr = (tmp_path / "celeba" / celeba.ATTRIBUTES).read_text().splitlines()
     part = (tmp_path / "celeba" / celeba.PARTITION).read_text().splitlines()
-    original = {f"celeba/{f}": md5(tmp_path / "celeba" / f) for f in (celeba.PARTITION, celeba.ATTRIBUTES)}
+    original = {f"celeba/{f}": file_md5(tmp_path / "celeba" / f) for f in (celeba.PARTITION, celeba.ATTRIBUTES)}
 
     checksums = rewrite(tmp_path, celeba.ATTRIBUTES, attr[:-2])  # rows missing, count line unchanged
     with pytest.raises(DatasetFileError, match="declared count"):

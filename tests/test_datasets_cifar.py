@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fabricate import CIFAR10_NAMES, cifar100_hierarchy, fabricate_cifar10, fabricate_cifar100, tar_gz
 
 from pipeline.data import cifar
 from pipeline.data.download import DatasetFileError, DownloadError, RemoteFile
+from pipeline.data.fabricate import CIFAR10_NAMES, cifar100_hierarchy, fabricate_cifar10, fabricate_cifar100, tar_gz
+from pipeline.hashing import file_md5
 
 SMALL_COUNTS = (40, 20, 10, 10, 10)  # the real (500, 250, 100, 50, 50) scaled to 40 images per class
 
@@ -98,9 +99,8 @@ def test_cifar10_malformed_pickle_content_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
     with open(path, "wb") as f:
         pickle.dump({"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1]}, f, protocol=2)
-    from fabricate import md5
 
-    checksums["cifar-10-batches-py/test_batch"] = md5(path)
+    checksums["cifar-10-batches-py/test_batch"] = file_md5(path)
     with pytest.raises(DatasetFileError, match="2 'labels' for 3 images"):
         cifar.load_cifar10(tmp_path, checksums=checksums)
 

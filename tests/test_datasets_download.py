@@ -1,5 +1,5 @@
-"""Download, verification and extraction helpers: atomic fetch, offline errors, safe extraction,
-stratified validation split, group labels and image decoding."""
+"""Download, verification and extraction helpers (atomic fetch, offline errors, safe extraction) and the
+loader helpers of pipeline/data/{splits,labels,images}.py: stratified splits, group labels, image decoding."""
 
 from __future__ import annotations
 
@@ -16,21 +16,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from fabricate import GROUP_COLOURS, write_jpeg, md5
 
 from pipeline.data.download import (
     DatasetFileError,
     DownloadError,
     RemoteFile,
     UnsafeArchiveError,
-    decode_images,
     fetch,
-    group_labels,
-    holdout_split,
-    md5sum,
     safe_extract,
     verify_md5s,
 )
+from pipeline.data.fabricate import GROUP_COLOURS, write_jpeg
+from pipeline.data.images import decode_images
+from pipeline.data.labels import group_labels
+from pipeline.data.splits import holdout_split, stratified_split
+from pipeline.hashing import file_md5
 
 LAYOUT = "ROOT/thing/file.bin"
 
@@ -75,7 +75,7 @@ def hidden(folder: Path) -> list[Path]:
 def test_fetch_copies_a_verified_file_atomically(tmp_path: Path) -> None:
     source = tmp_path / "src.bin"
     source.write_bytes(b"payload" * 1000)
-    remote = RemoteFile("sub/file.bin", (closed_port_url(), source.as_uri()), md5(source))
+    remote = RemoteFile("sub/file.bin", (closed_port_url(), source.as_uri()), file_md5(source))
     root = tmp_path / "root"
     path = fetch("toy", remote, root, LAYOUT, timeout=5)
     assert path == root / "sub" / "file.bin"
@@ -102,7 +102,7 @@ def test_fetch_rejects_a_wrong_md5_and_leaves_nothing(tmp_path: Path) -> None:
     source.write_bytes(b"not what was published")
     root = tmp_path / "root"
     remote = RemoteFile("file.bin", (source.as_uri(),), "0" * 32)
-    with pytest.raises(DownloadError, match=f"downloaded file has md5 {md5(source)}"):
+    with pytest.raises(DownloadError, match=f"downloaded file has md5 {file_md5(source)}"):
         fetch("toy", remote, root, LAYOUT)
     assert list(root.iterdir()) == []
 
@@ -117,7 +117,7 @@ def test_fetch_cleans_up_a_dropped_connection(tmp_path: Path, short_server: str)
 def test_fetch_keeps_an_existing_file_and_reports_a_bad_one(tmp_path: Path) -> None:
     existing = tmp_path / "file.bin"
     existing.write_bytes(b"mine")
-    good = RemoteFile("file.bin", (closed_port_url(),), md5(existing))
+    good = RemoteFile("file.bin", (closed_port_url(),), file_md5(existing))
     assert fetch("toy", good, tmp_path, LAYOUT) == existing  # no network needed
     bad = RemoteFile("file.bin", (closed_port_url(),), "1" * 32)
     with pytest.raises(DatasetFileError, match="exists but its md5 is"):
@@ -129,7 +129,7 @@ def test_verify_md5s_names_missing_and_truncated_files(tmp_path: Path) -> None:
     path = tmp_path / "a" / "data.bin"
     path.parent.mkdir()
     path.write_bytes(b"x" * 100)
-    checksums = {"a/data.bin": md5sum(path)}
+    checksums = {"a/data.bin": file_md5(path)}
     verify_md5s("toy", tmp_path, checksums, LAYOUT)
     path.write_bytes(b"x" * 50)
     with pytest.raises(DatasetFileError) as info:
@@ -205,6 +205,20 @@ def test_holdout_split_is_stratified_seeded_and_a_partition() -> None:
     assert not np.array_equal(held, holdout_split(labels, 0.1, seed=4)[1])
     with pytest.raises(ValueError, match="val_fraction"):
         holdout_split(labels, 1.0, seed=0)
+
+
+def test_stratified_split_draws_each_share_of_the_whole_in_order() -> None:
+    labels = np.repeat(np.arange(4), [80, 40, 40, 40])
+    split = stratified_split(labels, {"test": 0.25, "val": 0.15}, seed=0)
+    assert list(split) == ["train", "test", "val"]
+    assert np.array_equal(np.sort(np.concatenate(list(split.values()))), np.arange(len(labels)))
+    assert np.array_equal(np.bincount(labels[split["test"]]), [20, 10, 10, 10])  # 25% of every class
+    assert np.array_equal(np.bincount(labels[split["val"]]), [12, 6, 6, 6])  # 15% of all, not of the rest
+    kept, held = holdout_split(labels, 0.25, seed=0)  # the first draw is the two-way split
+    assert np.array_equal(held, split["test"])
+    with pytest.raises(ValueError, match=r"test_fraction \(0.5\) and val_fraction \(0.5\) must be in \(0, 1\) "
+                                         "and sum to less than 1"):
+        stratified_split(labels, {"test": 0.5, "val": 0.5}, seed=0)
 
 
 def test_group_labels_follow_the_formula() -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fabricate import fabricate_mnist, md5
 
 from pipeline.data import mnist
 from pipeline.data.download import DatasetFileError, DownloadError, RemoteFile
+from pipeline.data.fabricate import fabricate_mnist
+from pipeline.hashing import file_md5
 
 
 def check_records(records, n_train: int, n_test: int) -> None:
@@ -63,7 +64,7 @@ def test_mnist_truncated_files_give_clear_errors(tmp_path: Path) -> None:
     fabricate_mnist(gz_root, n_train=20, n_test=10)
     gz_path = gz_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
     gz_path.write_bytes(gz_path.read_bytes()[:-12])
-    checksums = {f"MNIST/raw/{p.name}": md5(p) for p in (gz_root / "MNIST" / "raw").iterdir()}
+    checksums = {f"MNIST/raw/{p.name}": file_md5(p) for p in (gz_root / "MNIST" / "raw").iterdir()}
     with pytest.raises(DatasetFileError, match="cannot read"):
         mnist.load_mnist(gz_root, checksums=checksums)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fabricate import GROUP_COLOURS, fabricate_waterbirds, tar_gz
 
 from pipeline.data import waterbirds
 from pipeline.data.download import DatasetFileError, DownloadError, RemoteFile
+from pipeline.data.fabricate import GROUP_COLOURS, fabricate_waterbirds, tar_gz
 
 GROUPS = {"train": (14, 3, 2, 9), "val": (3, 3, 2, 2), "test": (4, 4, 3, 3)}
 

@@ -24,7 +24,7 @@ from pipeline.embeddings import (
 )
 from pipeline.evaluation.geometry import alignment
 from pipeline.models import build_encoder
-from pipeline.training import MODEL_FORMAT
+from pipeline.formats import MODEL_FORMAT
 
 
 def digit_records(n: int = 60) -> Records:

@@ -236,7 +236,7 @@ def test_evaluation_avoids_slow_imports(tmp_path) -> None:
     code = """
 import sys, numpy as np
 from pipeline.config import EvaluateParams, HeadParams
-from pipeline.evaluation.suite import evaluate_embeddings
+from pipeline.tasks import evaluate_embeddings
 from pipeline.evaluation.projection import plot_projection
 rng = np.random.default_rng(0)
 a = {}

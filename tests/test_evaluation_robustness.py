@@ -194,6 +194,37 @@ def test_evaluate_robustness_rejects_bad_triples() -> None:
         evaluate_robustness(train, val[:2], test)
 
 
+def test_evaluate_robustness_passes_its_discovery_and_group_dro_settings_on() -> None:
+    """``discovery`` reaches discover_groups; ``lr`` reaches the group-DRO heads."""
+    from pipeline.evaluation.grouping import discover_groups as discover
+
+    rng = np.random.default_rng(6)
+    train, val, test = spurious(400, 0.9, rng), spurious(200, 0.5, rng), spurious(200, 0.5, rng)
+    fast = dict(steps=60, eval_every=30, etas=(0.1,), weight_decays=(1e-3,))
+    base = evaluate_robustness(train, val, test, seed=0, discovery={"k_max": 3}, **fast)
+    direct = discover(train[0], train[1], k_max=3, seed=0)
+    assert base["discovery/n_clusters"] == len(np.unique(direct.assign(train[0], train[1])))
+    lumped = evaluate_robustness(train, val, test, seed=0, discovery={"min_cluster_size": 10**6}, **fast)
+    assert lumped["discovery/n_clusters"] == 2
+    assert {k: v for k, v in lumped.items() if k.startswith(("erm/", "oracle_"))} == {
+        k: v for k, v in base.items() if k.startswith(("erm/", "oracle_"))}  # discovery touches its head only
+    slow = evaluate_robustness(train, val, test, seed=0, discovery={"k_max": 3}, lr=1e-6, **fast)
+    assert slow["oracle_gdro/val_selection_acc"] != base["oracle_gdro/val_selection_acc"] or (
+        slow["oracle_gdro/steps"] != base["oracle_gdro/steps"])
+    assert slow["erm/c"] == base["erm/c"]  # the logistic heads do not use the group-DRO settings
+
+
+def test_discover_groups_passes_the_silhouette_sample_on() -> None:
+    """The silhouette subsample is a setting of the whole discovery (params: evaluate.discovery)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(600, 5)) + 5.0 * np.eye(5)[np.repeat([0, 1], 300)]  # two directions
+    y = np.zeros(600, dtype=np.int64)
+    full = discover_groups(x, y, seed=0, silhouette_sample=2000).per_class[0]
+    sampled = discover_groups(x, y, seed=0, silhouette_sample=50).per_class[0]
+    assert full.silhouette != sampled.silhouette  # scored on 600 points vs a 50-point subsample
+    assert full.n_clusters == sampled.n_clusters == 2
+
+
 def test_batched_group_dro_matches_one_config_at_a_time_with_autograd() -> None:
     """Each configuration of the batched path, against the plain algorithm: its own linear
     model, autograd, torch.optim.Adam (Sagawa et al.'s online group DRO, full batch)."""

@@ -24,10 +24,16 @@ import torch
 import yaml
 
 from conftest import ROOT, copy_project, free_port, repo_params, tiny_params, write_params
-from pipeline import jobs, paths
+from pipeline import paths
+from pipeline.jobs.download import download_job
+from pipeline.jobs.embed import embed_job
+from pipeline.jobs.evaluate import evaluate_job
+from pipeline.jobs.train import train_job
 from pipeline.cli import exclusive, stage_main
 from pipeline.config import ParamsError, validate
 from pipeline.tracking import HTTP_DEFAULTS, bound_http_retries, file_md5
+
+pytestmark = pytest.mark.slow  # real subprocesses (make test-fast skips these)
 
 BIN = Path(sys.executable).parent
 TRAIN = [sys.executable, "-m", "stages.train", "--dataset", "digits", "--seed", "0", "--method"]
@@ -96,7 +102,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    jobs.download_job(validate(tiny_params()), "digits")
+    download_job(validate(tiny_params()), "digits")
     mp.undo()
     return root / "data"
 
@@ -191,13 +197,13 @@ def test_relog_recreates_the_live_runs_and_skips_what_is_present(workdir: Path, 
     params = validate(raw)
     live_db, relog_db = workdir / "live.db", workdir / "relog.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{live_db}")
-    jobs.download_job(params, "digits")
+    download_job(params, "digits")
     for m in ("supcon", "ce"):
-        jobs.train_job(params, "digits", m, 0, progress=False)
-        jobs.embed_job(params, "digits", m, 0)
-    jobs.embed_job(params, "digits", "both", 0)
+        train_job(params, "digits", m, 0, progress=False)
+        embed_job(params, "digits", m, 0)
+    embed_job(params, "digits", "both", 0)
     for m in ("supcon", "both"):
-        jobs.evaluate_job(params, "digits", m, 0)
+        evaluate_job(params, "digits", m, 0)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{relog_db}")
     first = {r.stage: r.status for r in relog_runs()}
@@ -276,9 +282,9 @@ def test_absurd_learning_rate_stops_with_a_clear_failure_and_no_result(workdir: 
     p = tiny_params(epochs=2)
     p["datasets"]["digits"]["recipe"]["lr"] = 1e30  # finite, valid, and blows the weights up at once
     write_params(workdir / "params.yaml", p)
-    jobs.download_job(validate(p), "digits")
+    download_job(validate(p), "digits")
     argv = ["--dataset", "digits", "--method", "supcon", "--seed", "0"]
-    assert stage_main("train", jobs.train_job, argv=argv) == 1
+    assert stage_main("train", train_job, argv=argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert re.search(r"error: non-finite loss at epoch 1, step \d+: terms \{'\w+': (nan|-?inf)", err), err
@@ -288,7 +294,7 @@ def test_absurd_learning_rate_stops_with_a_clear_failure_and_no_result(workdir: 
     assert run.info.status == "FAILED" and "NonFiniteLossError: non-finite loss" in run.data.tags["error"]
     assert "output_md5" not in run.data.tags
     # Nothing downstream can take it for a result.
-    assert stage_main("embed", jobs.embed_job, argv=argv) == 1
+    assert stage_main("embed", embed_job, argv=argv) == 1
     assert "model file not found; run its train stage" in capsys.readouterr().err
 
 
@@ -297,7 +303,7 @@ def test_nan_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(
     import pipeline.training as training
 
     params = validate(tiny_params(epochs=3))
-    jobs.download_job(params, "digits")
+    download_job(params, "digits")
     saves: list[int] = []
     real_save, real_losses = training._save_resume, training.contrastive_losses
 
@@ -314,7 +320,7 @@ def test_nan_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(
     monkeypatch.setattr(training, "_save_resume", counting_save)
     monkeypatch.setattr(training, "contrastive_losses", poisoned)
     with pytest.raises(training.NonFiniteLossError, match=r"epoch 3, step 1: terms \{'supcon': nan\}"):
-        jobs.train_job(params, "digits", "supcon", 0, progress=False)
+        train_job(params, "digits", "supcon", 0, progress=False)
     resume = workdir / paths.resume_path("digits", "supcon", 0)
     state = torch.load(resume, weights_only=True)
     assert state["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["learner"].values())
@@ -324,7 +330,7 @@ def test_nan_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(
 
     monkeypatch.setattr(training, "contrastive_losses", real_losses)
     capsys.readouterr()
-    jobs.train_job(params, "digits", "supcon", 0, progress=False)
+    train_job(params, "digits", "supcon", 0, progress=False)
     assert f"resuming from {paths.resume_path('digits', 'supcon', 0)} at epoch 2" in capsys.readouterr().out
     assert (workdir / paths.model_path("digits", "supcon", 0)).is_file() and not resume.exists()
     assert [r.info.status for r in _runs(workdir / "mlflow.db")] == ["FAILED", "FINISHED"]
@@ -495,6 +501,7 @@ def test_foreign_model_file_is_refused_without_running_it(tmp_path: Path) -> Non
 LOGGER = """
 import sys
 from pipeline.tracking import start_run
+
 with start_run("evaluate@digits-m{i}-0", "digits", "m{i}", 0, {{"x": {{"i": {i}}}}}) as run:
     for step in range(40):
         run.log_metrics({{"v": float(step)}}, step=step)
@@ -587,6 +594,6 @@ def test_params_mistakes_name_the_key_and_what_is_allowed(mutate: Callable[[dict
 def test_stage_command_typos_exit_2_before_any_work(workdir: Path, capsys: pytest.CaptureFixture[str],
                                                     job: str, argv: list[str], expected: str) -> None:
     write_params(workdir / "params.yaml", repo_params())
-    assert stage_main(job, getattr(jobs, f"{job}_job"), argv=argv) == 2
+    assert stage_main(job, {"train": train_job, "evaluate": evaluate_job}[job], argv=argv) == 2
     assert expected in capsys.readouterr().err
     assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]

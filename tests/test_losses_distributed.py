@@ -21,6 +21,8 @@ from conftest import free_port
 from pipeline import distributed
 from pipeline import losses as L
 
+pytestmark = pytest.mark.slow  # real subprocesses (make test-fast skips these)
+
 WORLD = 2
 N_TOTAL, N_VIEWS, D_IN, D_OUT = 8, 2, 6, 4
 SPLITS = [(4, 4), (3, 5)]  # rows per rank: equal shares and unequal ones

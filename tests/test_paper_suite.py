@@ -22,7 +22,7 @@ import yaml
 from conftest import ROOT, copy_project, repo_params
 from pipeline.data.cache import cache_params, read_cache
 from pipeline.data.download import DatasetFileError
-from pipeline.data.fabricate import SMOKE_PREPARE
+from pipeline.smoke import SMOKE_PREPARE
 from pipeline.data.registry import prepare, smoke_root
 from pipeline.suites import PAPER
 
@@ -162,6 +162,7 @@ def _group_and_dataset(stage: str) -> tuple[str, str | None]:
     return group, item if group.startswith("download") else item.rsplit("-", 2)[0]
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_stage_group_for_every_paper_dataset(smoke: SmokeRun) -> None:
     groups = list(yaml.safe_load((smoke.project / "dvc.yaml").read_text())["stages"])
     expected = {("report", None)}
@@ -177,6 +178,7 @@ def test_smoke_runs_every_stage_group_for_every_paper_dataset(smoke: SmokeRun) -
     assert len(smoke.ran) == 1 + len(COARSE + ROBUST) * (1 + 11)
 
 
+@pytest.mark.slow
 def test_smoke_leaves_the_workspace_and_everything_outside_the_copy_alone(smoke: SmokeRun) -> None:
     # `dvc exp run --temp`: the scratch workspace itself still holds the committed project.
     assert smoke.git_status_after == ""
@@ -193,6 +195,7 @@ def test_smoke_leaves_the_workspace_and_everything_outside_the_copy_alone(smoke:
     assert not (ROOT / "data" / "raw" / "smoke").exists()
 
 
+@pytest.mark.slow
 def test_smoke_experiment_reports_cover_every_paper_dataset(smoke: SmokeRun) -> None:
     env = dict(os.environ, DVC_SITE_CACHE_DIR=str(smoke.project / ".dvc" / "tmp" / "site_cache"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

@@ -12,14 +12,16 @@ import yaml
 
 from conftest import ROOT, repo_params, write_params
 from pipeline.config import ParamsError, load_params, validate
-from pipeline.data.fabricate import SMOKE_PREPARE
-from pipeline.suites import (
-    PAPER,
+from pipeline.smoke import (
     SMOKE_BATCH_SIZE,
     SMOKE_DECODER_WIDTH,
     SMOKE_HEAD_EPOCHS,
     SMOKE_MAX_KNN_K,
+    SMOKE_PREPARE,
     apply_smoke,
+)
+from pipeline.suites import (
+    PAPER,
     dropped_methods,
     exp_run_argv,
     hydra_value,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, tiny_params
-from pipeline import jobs
+from pipeline.jobs.download import download_job
+from pipeline.jobs.train import train_job
 from pipeline.config import validate
 from pipeline.tracking import repository_root, start_run, tracking_uri
 
@@ -16,8 +17,8 @@ def test_train_run_has_tags_params_and_epoch_metrics(workdir: Path) -> None:
     import mlflow
 
     params = validate(tiny_params(epochs=2))
-    jobs.download_job(params, "digits")
-    jobs.train_job(params, "digits", "supcon", 0, progress=False)
+    download_job(params, "digits")
+    train_job(params, "digits", "supcon", 0, progress=False)
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["thanos-bench/digits"], output_format="list")
@@ -54,9 +55,9 @@ def test_unreachable_store_warns_and_the_stage_still_writes(workdir: Path,
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     params = validate(tiny_params(epochs=1))
-    jobs.download_job(params, "digits")
+    download_job(params, "digits")
     with pytest.warns(UserWarning, match="MLflow: tracking store .* unavailable"):
-        jobs.train_job(params, "digits", "supcon", 0, progress=False)
+        train_job(params, "digits", "supcon", 0, progress=False)
     assert (workdir / "artifacts/digits/seed0/models/supcon.pt").exists()
 
 

@@ -35,6 +35,8 @@ from pipeline.config import validate
 from pipeline.data.digits import load_digits
 from pipeline.data.records import Records, Split
 
+pytestmark = pytest.mark.slow  # real subprocesses (make test-fast skips these)
+
 WORLD = 2
 # name: (method, training images = one global batch per epoch, BatchNorm kept?)
 CASES = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import DatasetParams, ParamsError
-from pipeline.data.cache import cache_params, read_cache
+from pipeline.data.cache import cache_params, read_cache, rebuild_hint
 from pipeline.data.records import Records
 
 PREPARED = Path("data/prepared")
@@ -21,7 +21,11 @@ def prepared_path(name: str) -> Path:
 
 
 def load_prepared(name: str, params: DatasetParams) -> Records:
-    """The prepared cache of dataset ``name``, checked against its params entry."""
+    """The prepared cache of dataset ``name``, checked against its params entry.
+
+    A missing, incomplete or damaged cache raises :class:`pipeline.data.cache.CacheError` (a
+    StageError: one ``error:`` line naming the file and the command that rebuilds it).
+    """
     path = prepared_path(name)
     built = cache_params(path)
     if built is not None:
@@ -30,5 +34,5 @@ def load_prepared(name: str, params: DatasetParams) -> Records:
             raise ParamsError(
                 f"{path}: prepared cache was built for {built.get('dataset')!r} with {built}, but "
                 f"datasets.{name} asks for source {params.source!r} with prepare {params.prepare}; "
-                f"rerun its download stage (`dvc repro download@{name}`)")
-    return read_cache(path)
+                f"{rebuild_hint(name)}")
+    return read_cache(path, dataset=name)

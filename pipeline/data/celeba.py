@@ -15,15 +15,9 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CelebA
 
-from pipeline.data.download import (
-    DatasetFileError,
-    RemoteFile,
-    decode_images,
-    fetch,
-    group_labels,
-    safe_extract,
-    verify_md5s,
-)
+from pipeline.data.download import DatasetFileError, RemoteFile, fetch, safe_extract, verify_md5s
+from pipeline.data.images import decode_images
+from pipeline.data.labels import group_labels
 from pipeline.data.records import SPLITS, WORST_GROUP, Records, Split
 
 FOLDER = CelebA.base_folder  # "celeba"

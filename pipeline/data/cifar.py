@@ -6,9 +6,12 @@ from torchvision's own dataset classes, so they are checked against the same lis
 
 - CIFAR-10: coarse = vehicle {airplane, automobile, ship, truck} (0) vs animal (1); fine = 10.
 - CIFAR-100: coarse = the 20 superclasses stored in the pickles; fine = 100 classes.
+- Either coarse label can be replaced by another map (the ``coarse_map`` option: the defaults
+  above are the named maps ``vehicles_animals`` and ``superclasses``; pipeline/data/labels.py).
 - CIFAR-100-U: the training pool keeps, per superclass, 500/250/100/50/50 images of its
   5 fine classes (which class gets which count, and which images, fixed by a seed);
-  validation is a seeded stratified 10% of that pool and test is CIFAR-100's test set.
+  validation is a seeded stratified 10% of that pool and test is CIFAR-100's test set. The
+  subsample always follows the superclasses; ``coarse_map`` only relabels the coarse label.
 """
 
 from __future__ import annotations
@@ -24,14 +27,21 @@ from pipeline.data.download import (
     DatasetFileError,
     RemoteFile,
     fetch,
-    holdout_split,
     safe_extract,
     verify_md5s,
 )
+from pipeline.data.labels import CoarseMap, CoarseMaps
+from pipeline.data.options import option_checks
 from pipeline.data.records import COARSE_TO_FINE, Records, Split
+from pipeline.data.splits import holdout_split
 
 VEHICLES = ("airplane", "automobile", "ship", "truck")
 CIFAR10_COARSE_NAMES = ["vehicle", "animal"]
+VEHICLES_ANIMALS = "vehicles_animals"
+SUPERCLASSES = "superclasses"
+CIFAR10_MAPS = CoarseMaps("cifar10", n_fine=10, default=VEHICLES_ANIMALS, own=(VEHICLES_ANIMALS,))
+CIFAR100_MAPS = CoarseMaps("cifar100", n_fine=100, default=SUPERCLASSES, own=(SUPERCLASSES,))
+CIFAR100U_MAPS = CoarseMaps("cifar100u", n_fine=100, default=SUPERCLASSES, own=(SUPERCLASSES,))
 # Paper's per-superclass training counts for CIFAR-100-U, largest first (METHOD.md section 5).
 CIFAR100U_COUNTS = (500, 250, 100, 50, 50)
 
@@ -132,17 +142,21 @@ def _with_val(train_images: np.ndarray, train_labels: dict[str, np.ndarray], tes
     }
 
 
+@option_checks(coarse_map=CIFAR10_MAPS.check)
 def load_cifar10(
     root: str | Path,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    coarse_map: str | Sequence[int] = CIFAR10_MAPS.default,
     checksums: Mapping[str, str] = CIFAR10_MD5,
 ) -> Records:
-    """CIFAR-10 coarse-to-fine: coarse vehicle (0) / animal (1), fine = the 10 classes.
+    """CIFAR-10 coarse-to-fine: coarse by ``coarse_map`` (default vehicle (0) / animal (1)),
+    fine = the 10 classes.
 
     Validation is a seeded stratified ``val_fraction`` of the official training batches.
     ``checksums`` maps paths relative to ``root`` to md5 (torchvision's list by default).
     """
+    CIFAR10_MAPS.check(coarse_map)
     name, root = "cifar10", Path(root)
     verify_md5s(name, root, checksums, CIFAR10_LAYOUT)
     folder = root / CIFAR10.base_folder
@@ -152,28 +166,33 @@ def load_cifar10(
             name, folder / "batches.meta", f"label_names are {fine_names}", f"10 names including {VEHICLES}",
             CIFAR10_LAYOUT,
         )
-    # coarse 0 = vehicle, 1 = animal, looked up by name rather than by index.
-    fine_to_coarse = np.array([0 if n in VEHICLES else 1 for n in fine_names], dtype=np.int64)
+    # vehicles_animals: coarse 0 = vehicle, 1 = animal, looked up by name rather than by index.
+    vehicles_animals = CoarseMap([0 if n in VEHICLES else 1 for n in fine_names], CIFAR10_COARSE_NAMES)
+    hierarchy = CIFAR10_MAPS.resolve(coarse_map, {VEHICLES_ANIMALS: vehicles_animals})
 
     def read(files: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         paths = [folder / f for f in files]
         images, raw = _read_batches(name, paths, ["labels"], CIFAR10_LAYOUT)
         _check_range(name, paths[0], raw["labels"], 10, CIFAR10_LAYOUT)
-        return images, {"coarse": fine_to_coarse[raw["labels"]], "fine": raw["labels"]}
+        return images, {"coarse": hierarchy(raw["labels"]), "fine": raw["labels"]}
 
     train_images, train_labels = read([f for f, _ in CIFAR10.train_list])
     test_images, test_labels = read([f for f, _ in CIFAR10.test_list])
     splits = _with_val(train_images, train_labels, Split(test_images, test_labels), "fine", val_fraction, split_seed)
-    return Records(name, COARSE_TO_FINE, splits, {"coarse": list(CIFAR10_COARSE_NAMES), "fine": fine_names})
+    return Records(name, COARSE_TO_FINE, splits, {"coarse": list(hierarchy.names), "fine": fine_names})
 
 
 def _read_cifar100(name: str, root: Path, checksums: Mapping[str, str]
-                   ) -> tuple[Split, Split, dict[str, list[str]]]:
-    """The official CIFAR-100 train and test splits and the class names."""
+                   ) -> tuple[Split, Split, dict[str, list[str]], CoarseMap]:
+    """The official CIFAR-100 train and test splits (coarse = the superclasses), the class names
+    and the superclasses as a coarse map."""
     verify_md5s(name, root, checksums, CIFAR100_LAYOUT)
     folder = root / CIFAR100.base_folder
     meta = _unpickle(name, folder / "meta", ["fine_label_names", "coarse_label_names"], CIFAR100_LAYOUT)
     names = {"coarse": list(meta["coarse_label_names"]), "fine": list(meta["fine_label_names"])}
+    if len(names["fine"]) != CIFAR100_MAPS.n_fine:
+        raise DatasetFileError(name, folder / "meta", f"{len(names['fine'])} fine_label_names",
+                               f"{CIFAR100_MAPS.n_fine} fine class names", CIFAR100_LAYOUT)
     splits = []
     for file in ("train", "test"):
         images, raw = _read_batches(name, [folder / file], ["coarse_labels", "fine_labels"], CIFAR100_LAYOUT)
@@ -190,19 +209,38 @@ def _read_cifar100(name: str, root: Path, checksums: Mapping[str, str]
                 "each fine class in exactly one superclass",
                 CIFAR100_LAYOUT,
             )
-    return train, test, names
+    fine = np.concatenate([train.labels["fine"], test.labels["fine"]])
+    coarse = np.concatenate([train.labels["coarse"], test.labels["coarse"]])
+    fine_to_coarse = np.full(len(names["fine"]), -1, dtype=np.int64)
+    fine_to_coarse[fine] = coarse
+    if (fine_to_coarse < 0).any() or not np.array_equal(fine_to_coarse[fine], coarse):
+        raise DatasetFileError(
+            name, folder / "test", "a fine class is in neither split, or in different superclasses in train and test",
+            "each fine class in exactly one superclass", CIFAR100_LAYOUT,
+        )
+    return train, test, names, CoarseMap(fine_to_coarse, names["coarse"])
 
 
+def _coarse_by(hierarchy: CoarseMap, split: Split) -> Split:
+    """``split`` with its coarse label taken from ``hierarchy`` (the same labels for the superclasses)."""
+    return Split(split.images, {"coarse": hierarchy(split.labels["fine"]), "fine": split.labels["fine"]})
+
+
+@option_checks(coarse_map=CIFAR100_MAPS.check)
 def load_cifar100(
     root: str | Path,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    coarse_map: str | Sequence[int] = CIFAR100_MAPS.default,
     checksums: Mapping[str, str] = CIFAR100_MD5,
 ) -> Records:
-    """CIFAR-100 coarse-to-fine: coarse = 20 superclasses, fine = 100 classes."""
-    train, test, names = _read_cifar100("cifar100", Path(root), checksums)
+    """CIFAR-100 coarse-to-fine: coarse by ``coarse_map`` (default the 20 superclasses), fine = 100 classes."""
+    CIFAR100_MAPS.check(coarse_map)
+    train, test, names, superclasses = _read_cifar100("cifar100", Path(root), checksums)
+    hierarchy = CIFAR100_MAPS.resolve(coarse_map, {SUPERCLASSES: superclasses})
+    train, test = _coarse_by(hierarchy, train), _coarse_by(hierarchy, test)
     splits = _with_val(train.images, train.labels, test, "fine", val_fraction, split_seed)
-    return Records("cifar100", COARSE_TO_FINE, splits, names)
+    return Records("cifar100", COARSE_TO_FINE, splits, {"coarse": list(hierarchy.names), "fine": names["fine"]})
 
 
 def _assign_counts(
@@ -254,22 +292,27 @@ def cifar100u_indices(
     return np.sort(np.concatenate(picked))
 
 
+@option_checks(coarse_map=CIFAR100U_MAPS.check)
 def load_cifar100u(
     root: str | Path,
     val_fraction: float = 0.1,
     split_seed: int = 0,
     counts: Sequence[int] = CIFAR100U_COUNTS,
     subsample_seed: int = 0,
+    coarse_map: str | Sequence[int] = CIFAR100U_MAPS.default,
     checksums: Mapping[str, str] = CIFAR100_MD5,
 ) -> Records:
     """CIFAR-100-U: the seeded per-superclass ``counts`` subsample of CIFAR-100's training split.
 
     The pool is then split like every dataset without an official validation set:
     a seeded stratified ``val_fraction`` (by fine class) becomes validation, so validation
-    follows the pool's imbalance. Test is CIFAR-100's (balanced) test set.
+    follows the pool's imbalance. Test is CIFAR-100's (balanced) test set. The subsample follows
+    the superclasses whatever ``coarse_map`` (default the superclasses) makes the coarse label.
     """
-    train, test, names = _read_cifar100("cifar100u", Path(root), checksums)
+    CIFAR100U_MAPS.check(coarse_map)
+    train, test, names, superclasses = _read_cifar100("cifar100u", Path(root), checksums)
+    hierarchy = CIFAR100U_MAPS.resolve(coarse_map, {SUPERCLASSES: superclasses})
     pool = cifar100u_indices(train.labels["fine"], train.labels["coarse"], counts, subsample_seed)
-    labels = {k: v[pool] for k, v in train.labels.items()}
-    splits = _with_val(train.images[pool], labels, test, "fine", val_fraction, split_seed)
-    return Records("cifar100u", COARSE_TO_FINE, splits, names)
+    pooled = _coarse_by(hierarchy, Split(train.images[pool], {k: v[pool] for k, v in train.labels.items()}))
+    splits = _with_val(pooled.images, pooled.labels, _coarse_by(hierarchy, test), "fine", val_fraction, split_seed)
+    return Records("cifar100u", COARSE_TO_FINE, splits, {"coarse": list(hierarchy.names), "fine": names["fine"]})

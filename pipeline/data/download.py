@@ -1,4 +1,4 @@
-"""Getting dataset files onto disk safely, and the helpers every real-data loader shares.
+"""Getting dataset files onto disk safely and verifying them.
 
 - Errors that say which dataset, which file, what was expected, which URL was tried and
   how to place the files by hand (:class:`DatasetFileError`, :class:`DownloadError`).
@@ -6,13 +6,15 @@
   interrupted download never looks complete and nothing already on disk is deleted.
 - :func:`safe_extract`: unpack a tar/zip into a temporary folder after checking that no
   member escapes the target, then move the files into place without overwriting any.
-- Loader helpers: :func:`verify_md5s`, :func:`holdout_split` (seeded stratified
-  validation split), :func:`decode_images` (center-crop + resize JPEGs into uint8 NCHW).
+- :func:`verify_md5s`: every file of a dataset present with its md5 (before a loader reads it).
+
+Loader helpers that have nothing to do with downloading live elsewhere: splits in
+pipeline/data/splits.py, label roles in pipeline/data/labels.py, JPEG decoding in
+pipeline/data/images.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -21,20 +23,19 @@ import urllib.request
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-from PIL import Image
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
+
+from pipeline.errors import StageError
+from pipeline.hashing import file_md5
 
 USER_AGENT = "thanos-bench/0.1 (dataset download)"
 CHUNK = 1 << 20
 
 
-class DatasetError(RuntimeError):
+class DatasetError(StageError):
     """Base class of every dataset acquisition/loading error."""
 
 
@@ -88,15 +89,6 @@ class UnsafeArchiveError(DatasetError):
 # --------------------------------------------------------------------------- checksums
 
 
-def md5sum(path: str | Path) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_md5s(dataset: str, root: Path, checksums: Mapping[str, str], layout: str) -> None:
     """Check that every ``root/relative_path`` exists with its md5; raise DatasetFileError if not.
 
@@ -106,7 +98,7 @@ def verify_md5s(dataset: str, root: Path, checksums: Mapping[str, str], layout: 
         path = root / relative
         if not path.is_file():
             raise DatasetFileError(dataset, path, "file is missing", f"a file with md5 {expected}", layout)
-        actual = md5sum(path)
+        actual = file_md5(path)
         if actual != expected:
             raise DatasetFileError(
                 dataset,
@@ -139,7 +131,7 @@ def fetch(dataset: str, remote: RemoteFile, root: Path, layout: str, timeout: fl
     dest = root / remote.path
     expected = f"md5 {remote.md5}" if remote.md5 else "the publisher's file (no md5 published)"
     if dest.exists():
-        actual = md5sum(dest) if remote.md5 is not None else None
+        actual = file_md5(dest) if remote.md5 is not None else None
         if actual != remote.md5:
             raise DatasetFileError(
                 dataset, dest, f"exists but its md5 is {actual}", f"{expected}; delete it to download again",
@@ -153,7 +145,7 @@ def fetch(dataset: str, remote: RemoteFile, root: Path, layout: str, timeout: fl
         try:
             _download(url, tmp, timeout)
             if remote.md5 is not None:
-                actual = md5sum(tmp)
+                actual = file_md5(tmp)
                 if actual != remote.md5:
                     failures.append((url, f"downloaded file has md5 {actual} ({tmp.stat().st_size} bytes)"))
                     continue
@@ -263,67 +255,3 @@ def safe_extract(archive: Path, target: Path, strip_to: str | None = None) -> Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-# --------------------------------------------------------------------------- loader helpers
-
-
-def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified split of indices 0..N-1 into (kept, held_out), both sorted.
-
-    ``labels`` (N,) is what to stratify on (the finest label, so coarser ones follow).
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1); got {fraction!r}")
-    index = np.arange(len(labels))
-    kept, held = train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
-    return np.sort(kept), np.sort(held)
-
-
-def group_labels(y: np.ndarray, attribute: np.ndarray, n_attributes: int = 2) -> dict[str, np.ndarray]:
-    """The worst-group label roles: y, attribute and group = y * n_attributes + attribute."""
-    y, attribute = y.astype(np.int64), attribute.astype(np.int64)
-    return {"y": y, "attribute": attribute, "group": y * n_attributes + attribute}
-
-
-def _decode_one(path: Path, resolution: int) -> np.ndarray:
-    """One image file -> (3, R, R) uint8: largest centered square, then an antialiased resize."""
-    with Image.open(path) as img:
-        # draft() lets the JPEG decoder skip detail we would throw away (DCT scaling, >= 2x the target).
-        img.draft("RGB", (2 * resolution, 2 * resolution))
-        img = img.convert("RGB")
-        w, h = img.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        # Crop first: resize(box=...) would let the filter read pixels outside the square.
-        img = img.crop((left, top, left + side, top + side))
-        img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def decode_images(
-    dataset: str, paths: Sequence[Path], resolution: int, layout: str, workers: int | None = None
-) -> np.ndarray:
-    """Decode image files into one (N, 3, R, R) uint8 array, threads in parallel (PIL frees the GIL).
-
-    A missing or undecodable file raises DatasetFileError naming it.
-    """
-    if resolution < 8:
-        raise ValueError(f"{dataset}: resolution must be >= 8 pixels; got {resolution}")
-    out = np.empty((len(paths), 3, resolution, resolution), dtype=np.uint8)
-
-    def work(i: int) -> None:
-        path = paths[i]
-        try:
-            out[i] = _decode_one(path, resolution)
-        except FileNotFoundError:
-            raise DatasetFileError(
-                dataset, path, "image file is missing", "a JPEG listed in the metadata", layout
-            ) from None
-        except OSError as err:  # PIL raises OSError subclasses for truncated/corrupt images
-            raise DatasetFileError(dataset, path, f"cannot decode image ({err})", "a readable JPEG", layout) from None
-
-    with ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)) as pool:
-        for _ in pool.map(work, range(len(paths))):
-            pass
-    return out

@@ -12,14 +12,13 @@ labels stay aligned through splitting and caching (and the smoke mode has someth
 - Waterbirds / CelebA: a flat colour per group (see GROUP_COLOURS), on non-square JPEGs.
 
 :func:`fabricate_smoke` writes the smoke mode's copy of one dataset and returns the loader's
-verification options for it; :data:`SMOKE_PREPARE` holds the ``prepare`` options the smoke mode
-must use so that a loader's splits fit those tiny copies (see :func:`pipeline.suites.apply_smoke`).
+verification options for it; the ``prepare`` options that make a loader's splits fit those tiny
+copies are :data:`pipeline.smoke.SMOKE_PREPARE`.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import pickle
 import tarfile
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pipeline.hashing import file_md5
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CELEBA_ATTRIBUTES = (
@@ -40,11 +41,6 @@ CELEBA_ATTRIBUTES = (
 ).split()
 # Flat RGB colour of an image of group g = 2 * y + attribute; far apart so JPEG noise cannot blur them.
 GROUP_COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20]], dtype=np.uint8)
-
-
-def md5(path: Path) -> str:
-    """Hex md5 of a file's bytes."""
-    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
 def _cifar_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -76,7 +72,7 @@ def fabricate_cifar10(root: Path, train_per_class: int = 10, test_per_class: int
     _pickle(folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_cases_per_batch": len(train) // 5,
                                       "num_vis": 3072})
     files = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
-    return {f"cifar-10-batches-py/{f}": md5(folder / f) for f in files}
+    return {f"cifar-10-batches-py/{f}": file_md5(folder / f) for f in files}
 
 
 def cifar100_hierarchy(seed: int = 0) -> np.ndarray:
@@ -97,7 +93,7 @@ def fabricate_cifar100(root: Path, train_per_class: int = 20, test_per_class: in
                                 "data": _cifar_images(fine, rng)})
     _pickle(folder / "meta", {"fine_label_names": [f"fine{i:02d}" for i in range(100)],
                               "coarse_label_names": [f"coarse{i:02d}" for i in range(20)]})
-    return {f"cifar-100-python/{f}": md5(folder / f) for f in ("train", "test", "meta")}
+    return {f"cifar-100-python/{f}": file_md5(folder / f) for f in ("train", "test", "meta")}
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -124,7 +120,7 @@ def fabricate_mnist(root: Path, n_train: int = 200, n_test: int = 50, gz: bool =
             if gz:
                 # mtime=0 keeps the gzip bytes (and so the md5) reproducible.
                 (raw / f"{name}.gz").write_bytes(gzip.compress(_idx(array), mtime=0))
-                checksums[f"MNIST/raw/{name}.gz"] = md5(raw / f"{name}.gz")
+                checksums[f"MNIST/raw/{name}.gz"] = file_md5(raw / f"{name}.gz")
     return checksums
 
 
@@ -199,9 +195,9 @@ def fabricate_celeba(root: Path, groups_per_split: Mapping[str, Sequence[int]] |
         (folder / "img_align_celeba.zip").write_bytes(buffer.getvalue())
     (folder / "list_eval_partition.txt").write_text("\n".join(partition) + "\n")
     (folder / "list_attr_celeba.txt").write_text("\n".join(attributes) + "\n")
-    checksums = {f"celeba/{f}": md5(folder / f) for f in ("list_eval_partition.txt", "list_attr_celeba.txt")}
+    checksums = {f"celeba/{f}": file_md5(folder / f) for f in ("list_eval_partition.txt", "list_attr_celeba.txt")}
     if as_zip:
-        checksums["celeba/img_align_celeba.zip"] = md5(folder / "img_align_celeba.zip")
+        checksums["celeba/img_align_celeba.zip"] = file_md5(folder / "img_align_celeba.zip")
     return checksums
 
 
@@ -209,27 +205,10 @@ def tar_gz(path: Path, source: Path, arcname: str) -> str:
     """Pack folder ``source`` as ``arcname`` into a .tar.gz at ``path``; return its md5."""
     with tarfile.open(path, "w:gz") as tf:
         tf.add(source, arcname=arcname)
-    return md5(path)
+    return file_md5(path)
 
 
 # --------------------------------------------------------------------------- the smoke mode's copies
-
-# The ``datasets.<name>.prepare`` options of the smoke mode (set by pipeline.suites.apply_smoke):
-# - val_fraction 0.5: a stratified split must put every class on both sides, which the tiny
-#   copies below allow at 50% (CIFAR-100: 2 images per class, >= 100 on each side);
-# - CIFAR-100-U counts (3, 2, 2, 2, 2): uneven like the paper's 500/250/100/50/50, and drawable
-#   from the 3 images per class of its copy;
-# - resolution 16 for the JPEG datasets: the decode/resize path runs all the same, and a
-#   ResNet view at 16 px costs a quarter of one at 32 px.
-SMOKE_RESOLUTION = 16
-SMOKE_PREPARE: dict[str, dict[str, object]] = {
-    "cifar10": {"val_fraction": 0.5},
-    "cifar100": {"val_fraction": 0.5},
-    "cifar100u": {"val_fraction": 0.5, "counts": [3, 2, 2, 2, 2]},
-    "mnist": {"val_fraction": 0.5},
-    "waterbirds": {"resolution": SMOKE_RESOLUTION},
-    "celeba": {"resolution": SMOKE_RESOLUTION},
-}
 
 def _smoke_cifar10(root: Path) -> dict[str, object]:
     # 80 training images -> 40 train / 40 val at val_fraction 0.5: two batches of 16.
@@ -242,7 +221,7 @@ def _smoke_cifar100(root: Path) -> dict[str, object]:
 
 
 def _smoke_cifar100u(root: Path) -> dict[str, object]:
-    # 3 per class, so SMOKE_PREPARE's counts (3, 2, 2, 2, 2) can be drawn: a 220-image pool.
+    # 3 per class, so pipeline.smoke.SMOKE_PREPARE's counts (3, 2, 2, 2, 2) can be drawn: a 220-image pool.
     return {"checksums": fabricate_cifar100(root, train_per_class=3, test_per_class=1)}
 
 
@@ -287,7 +266,7 @@ def fabricate_smoke(source: str, root: str | Path) -> dict[str, object]:
 
 
 __all__ = [
-    "CELEBA_ATTRIBUTES", "CIFAR10_NAMES", "GROUP_COLOURS", "SMOKE_PREPARE", "SMOKE_RESOLUTION", "SMOKE_WRITERS",
+    "CELEBA_ATTRIBUTES", "CIFAR10_NAMES", "GROUP_COLOURS", "SMOKE_WRITERS",
     "cifar100_hierarchy", "fabricate_celeba", "fabricate_cifar10", "fabricate_cifar100", "fabricate_mnist",
-    "fabricate_smoke", "fabricate_waterbirds", "md5", "tar_gz", "write_jpeg",
+    "fabricate_smoke", "fabricate_waterbirds", "tar_gz", "write_jpeg",
 ]

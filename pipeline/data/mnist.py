@@ -1,5 +1,8 @@
 """MNIST from the official idx files (METHOD.md section 5): coarse 0-4 vs 5-9, fine = 10 digits.
 
+The coarse label is the ``coarse_map`` option (default ``halves``: 0-4 -> 0, 5-9 -> 1;
+pipeline/data/labels.py).
+
 On-disk layout is torchvision's: ``ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``
 with or without ``.gz``. A ``.gz`` is preferred and verified against torchvision's md5 list;
 a decompressed file (no published md5) is checked structurally: header, shape, exact size.
@@ -8,21 +11,24 @@ a decompressed file (no published md5) is checked structurally: header, shape, e
 from __future__ import annotations
 
 import gzip
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from torchvision.datasets import MNIST
 
-from pipeline.data.download import DatasetFileError, RemoteFile, fetch, holdout_split, verify_md5s
+from pipeline.data.download import DatasetFileError, RemoteFile, fetch, verify_md5s
+from pipeline.data.labels import HALVES, CoarseMaps
+from pipeline.data.options import option_checks
 from pipeline.data.records import COARSE_TO_FINE, Records, Split
+from pipeline.data.splits import holdout_split
 
 RAW = "MNIST/raw"
 MNIST_MD5 = {f"{RAW}/{name}": md5 for name, md5 in MNIST.resources}
 MNIST_REMOTES = tuple(
     RemoteFile(f"{RAW}/{name}", tuple(mirror + name for mirror in MNIST.mirrors), md5) for name, md5 in MNIST.resources
 )
-COARSE_NAMES = ["0-4", "5-9"]
+COARSE_MAPS = CoarseMaps("mnist", n_fine=10, default=HALVES)
 MNIST_LAYOUT = """\
 ROOT/MNIST/raw/train-images-idx3-ubyte.gz   (or decompressed, without .gz)
 ROOT/MNIST/raw/train-labels-idx1-ubyte.gz
@@ -87,19 +93,23 @@ def _split(root: Path, prefix: str, checksums: Mapping[str, str]) -> tuple[np.nd
     return images[:, None], labels
 
 
+@option_checks(coarse_map=COARSE_MAPS.check)
 def load_mnist(
-    root: str | Path, val_fraction: float = 0.1, split_seed: int = 0, checksums: Mapping[str, str] = MNIST_MD5
+    root: str | Path, val_fraction: float = 0.1, split_seed: int = 0,
+    coarse_map: str | Sequence[int] = COARSE_MAPS.default, checksums: Mapping[str, str] = MNIST_MD5,
 ) -> Records:
-    """MNIST coarse-to-fine: images (N, 1, 28, 28); coarse 0-4 -> 0, 5-9 -> 1; fine = digit.
+    """MNIST coarse-to-fine: images (N, 1, 28, 28); coarse by ``coarse_map`` (default 0-4 -> 0,
+    5-9 -> 1); fine = digit.
 
     Validation is a seeded stratified ``val_fraction`` of the official training set.
     """
+    hierarchy = COARSE_MAPS.resolve(coarse_map)
     root = Path(root)
     train_images, train_digits = _split(root, "train", checksums)
     test_images, test_digits = _split(root, "t10k", checksums)
 
     def labels(digits: np.ndarray) -> dict[str, np.ndarray]:
-        return {"coarse": (digits >= 5).astype(np.int64), "fine": digits}
+        return {"coarse": hierarchy(digits), "fine": digits}
 
     kept, held = holdout_split(train_digits, val_fraction, split_seed)
     splits = {
@@ -107,4 +117,5 @@ def load_mnist(
         "val": Split(train_images[held], labels(train_digits[held])),
         "test": Split(test_images.copy(), labels(test_digits)),
     }
-    return Records("mnist", COARSE_TO_FINE, splits, {"coarse": list(COARSE_NAMES), "fine": [str(d) for d in range(10)]})
+    return Records("mnist", COARSE_TO_FINE, splits,
+                   {"coarse": list(hierarchy.names), "fine": [str(d) for d in range(10)]})

@@ -17,10 +17,11 @@ import numpy as np
 
 COARSE_TO_FINE = "coarse_to_fine"
 WORST_GROUP = "worst_group"
-TASKS = (COARSE_TO_FINE, WORST_GROUP)
+# Every task's name; the tasks themselves (what each evaluates and reports) are pipeline.tasks.TASKS.
+TASK_NAMES = (COARSE_TO_FINE, WORST_GROUP)
 SPLITS = ("train", "val", "test")
 # Embedding-file keys of two augmented views of every test image (written by pipeline.embeddings
-# when given an augmentation recipe, read by pipeline.evaluation.suite for alignment).
+# when given an augmentation recipe, read by pipeline.evaluation.metrics for alignment).
 VIEW_KEYS = ("test_view1_x", "test_view2_x")
 LABEL_KEYS = {COARSE_TO_FINE: ("coarse", "fine"), WORST_GROUP: ("y", "attribute", "group")}
 # The label each task trains on.
@@ -58,8 +59,8 @@ class Records:
     class_names: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"task must be one of {TASK_NAMES}; got {self.task!r}")
         missing = [s for s in SPLITS if s not in self.splits]
         if missing:
             raise ValueError(f"dataset {self.name!r} lacks splits {missing}")

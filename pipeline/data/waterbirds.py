@@ -19,14 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data.download import (
-    DatasetFileError,
-    RemoteFile,
-    decode_images,
-    fetch,
-    group_labels,
-    safe_extract,
-)
+from pipeline.data.download import DatasetFileError, RemoteFile, fetch, safe_extract
+from pipeline.data.images import decode_images
+from pipeline.data.labels import group_labels
 from pipeline.data.records import SPLITS, WORST_GROUP, Records, Split
 
 FOLDER = "waterbirds_v1.0"

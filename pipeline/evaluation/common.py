@@ -13,13 +13,6 @@ import torch
 from torch.optim.adam import adam
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means the first GPU when one is present, otherwise the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def check_features(x: np.ndarray, name: str) -> np.ndarray:
     """Return ``x`` as a finite float64 (N, D) array or raise naming the offending input."""
     x = np.asarray(x)

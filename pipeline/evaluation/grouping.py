@@ -223,8 +223,12 @@ def discover_groups(
     min_gain: float = 0.03,
     min_cluster_size: int = 10,
     seed: int = 0,
+    silhouette_sample: int = 2000,
 ) -> GroupDiscovery:
-    """Cluster the (N, D) training embeddings within each class of the (N,) labels ``y``."""
+    """Cluster the (N, D) training embeddings within each class of the (N,) labels ``y``.
+
+    The settings are :func:`cluster_class`'s, for every class (params.yaml ``evaluate.discovery``).
+    """
     x = check_features(x, "train_x")
     y = check_labels(y, len(x), "train_y")
     if len(x) == 0:
@@ -239,6 +243,7 @@ def discover_groups(
             min_gain=min_gain,
             min_cluster_size=min_cluster_size,
             seed=seed,
+            silhouette_sample=silhouette_sample,
         )
         for label in classes
     )

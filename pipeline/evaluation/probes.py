@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pipeline.devices import select_device
 from pipeline.evaluation.common import (
     FunctionalAdam,
     accuracy,
     check_features,
     check_split,
     encode_labels,
-    resolve_device,
     standardise,
 )
 
@@ -186,19 +186,15 @@ def linear_probe(
     *,
     cs: Sequence[float] = DEFAULT_CS,
     device: str | None = None,
-    seed: int = 0,
 ) -> ProbeResult:
     """Fit a logistic-regression probe on train, pick C by validation accuracy, score test.
 
     Features (N, D) are z-scored with training statistics only. Every C is fitted on the
     training split alone (warm-started along increasing C); the C with the highest validation
     accuracy wins, ties going to the smaller C (stronger regularisation). Validation or test
-    labels never seen in training count as errors.
-
-    ``seed`` is accepted for a uniform evaluation API: the problem is convex and solved
-    deterministically from a zero start, so the result does not depend on it.
+    labels never seen in training count as errors. No seed: the problem is convex and solved
+    deterministically from a zero start.
     """
-    del seed  # deterministic solver; see docstring
     train_x, train_y = check_split(train_x, train_y, "train")
     val_x, val_y = check_split(val_x, val_y, "val")
     test_x, test_y = check_split(test_x, test_y, "test")
@@ -214,7 +210,7 @@ def linear_probe(
     if len(classes) < 2:
         raise ValueError(f"train_y must contain at least 2 classes; got {classes.tolist()}")
 
-    dev = resolve_device(device)
+    dev = select_device(device)
     tr, va, te = (
         torch.as_tensor(a, dtype=torch.float64, device=dev)
         for a in standardise(train_x, val_x, test_x)
@@ -268,7 +264,7 @@ def knn_predict(
     if not 1 <= k <= len(train_x):
         raise ValueError(f"k must be in [1, {len(train_x)}] (the training set size); got {k}")
     classes, train_idx = np.unique(train_y, return_inverse=True)
-    dev = resolve_device(device)
+    dev = select_device(device)
 
     def unit(a: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(a, dtype=torch.float32, device=dev)
@@ -341,7 +337,7 @@ def reference_head_probe(
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0; got "
                          f"{epochs}, {batch_size}, {lr}, {weight_decay}")
     classes = np.unique(train_y)
-    dev = resolve_device(device)
+    dev = select_device(device)
     gen = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(train_x, dtype=torch.float32, device=dev)
     y = torch.as_tensor(encode_labels(train_y, classes), device=dev)

@@ -23,24 +23,26 @@ Metrics (fractions in [0, 1]) are computed on the *true* test groups for every m
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.devices import select_device
 from pipeline.evaluation.common import (
     FunctionalAdam,
     accuracy,
     check_split,
     encode_labels,
-    resolve_device,
     standardise,
 )
 from pipeline.evaluation.grouping import discover_groups, discovery_scores
 from pipeline.evaluation.probes import DEFAULT_CS, LogisticModel, fit_logistic, linear_probe
 
-Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (x (N, D), y (N,), group (N,))
+# One split's arrays for the robustness protocol: (x (N, D), y (N,), group (N,)).
+Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 DEFAULT_ETAS: tuple[float, ...] = (0.01, 0.1, 1.0)
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -245,7 +247,7 @@ def fit_group_balanced(
     return chosen
 
 
-def _check_triple(split: Split, name: str) -> Split:
+def _check_triple(split: Triple, name: str) -> Triple:
     if len(split) != 3:
         raise ValueError(f"{name} must be an (x, y, group) triple; got {len(split)} items")
     x, y = check_split(split[0], split[1], name)
@@ -254,17 +256,17 @@ def _check_triple(split: Split, name: str) -> Split:
 
 
 def evaluate_robustness(
-    train: Split,
-    val: Split,
-    test: Split,
+    train: Triple,
+    val: Triple,
+    test: Triple,
     seed: int = 0,
     *,
-    k_max: int = 5,
-    n_components: int = 8,
+    discovery: Mapping[str, Any] | None = None,
     cs: Sequence[float] = DEFAULT_CS,
     etas: Sequence[float] = DEFAULT_ETAS,
     weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
     steps: int = 1000,
+    lr: float = 0.01,
     eval_every: int = 50,
     device: str | None = None,
 ) -> dict[str, float]:
@@ -279,6 +281,12 @@ def evaluate_robustness(
     ``"discovery/{score}"`` from :func:`pipeline.evaluation.grouping.discovery_scores`,
     computed on the training split. ``seed`` drives the clustering (k-means and the null
     reference); the heads are deterministic.
+
+    Settings: ``discovery``, keyword arguments of
+    :func:`~pipeline.evaluation.grouping.discover_groups` (its defaults where absent); ``cs``,
+    the C grid of the logistic heads (ERM, oracle_balanced); ``etas``, ``weight_decays``,
+    ``steps``, ``lr`` and ``eval_every``, those of :func:`fit_group_dro` (both group-DRO heads).
+    The evaluate stage passes params.yaml's ``evaluate`` section.
     """
     (tr_x, tr_y, tr_g), (va_x, va_y, va_g), (te_x, te_y, te_g) = (
         _check_triple(s, n) for s, n in ((train, "train"), (val, "val"), (test, "test"))
@@ -289,18 +297,18 @@ def evaluate_robustness(
         metrics = group_metrics(pred, te_y, te_g, tr_g) | extra
         out.update({f"{method}/{k}": float(v) for k, v in metrics.items()})
 
-    erm = linear_probe(tr_x, tr_y, va_x, va_y, te_x, te_y, cs=cs, device=device, seed=seed)
+    erm = linear_probe(tr_x, tr_y, va_x, va_y, te_x, te_y, cs=cs, device=device)
     record("erm", erm.test_predictions, {"val_selection_acc": erm.val_accuracy, "c": erm.best_c})
 
-    discovery = discover_groups(tr_x, tr_y, k_max=k_max, n_components=n_components, seed=seed)
-    tr_c, va_c = discovery.assign(tr_x, tr_y), discovery.assign(va_x, va_y)
+    clusters = discover_groups(tr_x, tr_y, seed=seed, **(discovery or {}))
+    tr_c, va_c = clusters.assign(tr_x, tr_y), clusters.assign(va_x, va_y)
     out.update({f"discovery/{k}": v for k, v in discovery_scores(tr_c, tr_g, tr_y).items()})
 
     classes = np.unique(tr_y)
-    dev = resolve_device(device)
+    dev = select_device(device)
     xs = [torch.as_tensor(a, device=dev) for a in standardise(tr_x, va_x, te_x)]
     ys = [torch.as_tensor(encode_labels(a, classes), device=dev) for a in (tr_y, va_y)]
-    gdro = dict(etas=etas, weight_decays=weight_decays, steps=steps, eval_every=eval_every)
+    gdro = dict(etas=etas, weight_decays=weight_decays, steps=steps, lr=lr, eval_every=eval_every)
     heads = {
         "discovered_gdro": fit_group_dro(
             xs[0], ys[0], tr_c, xs[1], ys[1], va_c, len(classes), **gdro

@@ -7,28 +7,53 @@ embeddings (B, embed_dim).
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (no torch import to look a name up)
+    from torch import nn
+
+
+def _small_cnn(in_channels: int, image_size: int) -> nn.Module:
+    from pipeline.models.cnn import SmallCNN
+
+    return SmallCNN(in_channels, image_size)
+
+
+def _resnet18(in_channels: int, image_size: int) -> nn.Module:
+    from pipeline.models.resnet import ResNet18
+
+    return ResNet18(in_channels, image_size)
+
+
+def _resnet50(in_channels: int, image_size: int) -> nn.Module:
+    from pipeline.models.resnet import ResNet50
+
+    return ResNet50(in_channels, image_size)
+
+
+def _vit(in_channels: int, image_size: int) -> nn.Module:
+    from pipeline.models.vit import ViT
+
+    return ViT(in_channels, image_size)
+
+
+# The registry of encoders (``recipe.backbone`` in params.yaml): name -> builder
+# ``(in_channels, image_size) -> nn.Module``. The only place these names are defined; each
+# builder imports its module when called, so looking a name up costs nothing.
+ENCODERS: dict[str, Callable[[int, int], nn.Module]] = {
+    "small_cnn": _small_cnn,
+    "resnet18": _resnet18,
+    "resnet50": _resnet50,
+    "vit": _vit,
+}
 
 
 def build_encoder(name: str, in_channels: int, image_size: int) -> nn.Module:
     """An encoder from its ``recipe.backbone`` name."""
-    if name == "small_cnn":
-        from pipeline.models.cnn import SmallCNN
-
-        return SmallCNN(in_channels, image_size)
-    if name == "resnet18":
-        from pipeline.models.resnet import ResNet18
-
-        return ResNet18(in_channels, image_size)
-    if name == "resnet50":
-        from pipeline.models.resnet import ResNet50
-
-        return ResNet50(in_channels, image_size)
-    if name == "vit":
-        from pipeline.models.vit import ViT
-
-        return ViT(in_channels, image_size)
-    raise ValueError(f"unknown backbone {name!r}; allowed: small_cnn, resnet18, resnet50, vit")
+    if name not in ENCODERS:
+        raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(ENCODERS)}")
+    return ENCODERS[name](in_channels, image_size)
 
 
 def build_decoder(embed_dim: int, out_channels: int, image_size: int, width: int = 64) -> nn.Module:

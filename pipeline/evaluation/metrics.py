@@ -1,13 +1,17 @@
-"""The metrics of one embedding file, by task: what the evaluate stage writes (percentages)."""
+"""The metrics of one embedding file, one function per task: what the evaluate stage writes (percentages).
+
+Which function runs for which task is :mod:`pipeline.tasks`' business (``Task.metrics``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 
 import numpy as np
 
 from pipeline.config import EvaluateParams
-from pipeline.data.records import COARSE_TO_FINE, VIEW_KEYS, WORST_GROUP
+from pipeline.data.records import SPLITS, VIEW_KEYS
 from pipeline.evaluation.geometry import geometry_metrics
 from pipeline.evaluation.probes import knn_accuracy, linear_probe, reference_head_probe
 
@@ -21,7 +25,7 @@ def _views(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | 
 
 def _split(arrays: Mapping[str, np.ndarray], label: str) -> list[np.ndarray]:
     """[train_x, train_y, val_x, val_y, test_x, test_y] for one label role."""
-    return [arrays[f"{s}_{k}"] for s in ("train", "val", "test") for k in ("x", label)]
+    return [arrays[f"{s}_{k}"] for s in SPLITS for k in ("x", label)]
 
 
 def coarse_to_fine_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParams) -> dict[str, float]:
@@ -64,31 +68,26 @@ def coarse_to_fine_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParam
     return metrics
 
 
-def worst_group_metrics(arrays: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, float]:
+def worst_group_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParams,
+                        seed: int = 0) -> dict[str, float]:
     """The robustness protocol of METHOD.md section 5 on frozen embeddings of a model trained on y.
 
     ERM (linear head), GEORGE-style discovered groups + group DRO, and the two oracles that see
     the true training groups; keys ``{method}/{metric}``, accuracies in percent; plus the
-    sub-group discovery scores and the geometry of the test embeddings by task label.
+    sub-group discovery scores and the geometry of the test embeddings by task label. Settings
+    from ``opts``: ``robustness_cs`` (the logistic heads' C grid), ``group_dro`` and ``discovery``.
     """
     from pipeline.evaluation.robustness import evaluate_robustness
 
     def triple(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return arrays[f"{split}_x"], arrays[f"{split}_y"], arrays[f"{split}_group"]
 
-    raw = evaluate_robustness(triple("train"), triple("val"), triple("test"), seed=seed)
+    raw = evaluate_robustness(triple("train"), triple("val"), triple("test"), seed=seed,
+                              discovery=asdict(opts.discovery), cs=opts.robustness_cs,
+                              **asdict(opts.group_dro))
     metrics = {k: 100.0 * v if k.endswith("_acc") else v for k, v in raw.items()}
     fine = arrays.get("test_fine")
     geometry = geometry_metrics(arrays["test_x"], arrays["test_y"], fine=fine, views=_views(arrays))
     metrics.update({f"geom_{k}": v for k, v in geometry.items()})
     return metrics
 
-
-def evaluate_embeddings(arrays: Mapping[str, np.ndarray], task: str, opts: EvaluateParams,
-                        seed: int = 0) -> dict[str, float]:
-    """All metrics of one (dataset, method, seed) embedding file for its task."""
-    if task == COARSE_TO_FINE:
-        return coarse_to_fine_metrics(arrays, opts)
-    if task == WORST_GROUP:
-        return worst_group_metrics(arrays, seed)
-    raise ValueError(f"no evaluation defined for task {task!r}")
