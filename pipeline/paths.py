@@ -1,5 +1,6 @@
 """Where every stage output lives, and the DVC stage names that produce them (one place).
 
+data/prepared/<dataset>/                              download   (prepared uint8 cache)
 artifacts/<dataset>/seed<k>/models/<method>.pt        train      (encoder + metadata)
 artifacts/<dataset>/seed<k>/history/<method>.json     train      (per-epoch losses; DVC plots)
 artifacts/<dataset>/seed<k>/embeddings/<method>.npz   embed      (frozen embeddings + labels)
@@ -14,12 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+PREPARED = Path("data/prepared")
 ARTIFACTS = Path("artifacts")
 RESUME = Path("resume")
 LOGS = Path("logs")
 # The validate stage's output: constant bytes, so that passing validation reruns nothing.
 VALIDATED = ARTIFACTS / "params.validated"
 REPORTS = Path("reports")
+
+
+def prepared_path(dataset: str) -> Path:
+    """The prepared cache of ``dataset`` (the download stage's output)."""
+    return PREPARED / dataset
 
 
 def run_dir(dataset: str, seed: int) -> Path:

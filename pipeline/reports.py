@@ -59,7 +59,7 @@ def _download_stage(params: Params, dataset: str) -> str:
 
 
 def _prepared_meta(params: Params, dataset: str) -> dict[str, Any]:
-    path = Path("data/prepared") / dataset / "meta.json"
+    path = paths.prepared_path(dataset) / "meta.json"
     meta = _read_input(path, _download_stage(params, dataset), read_json)
     if not isinstance(meta, dict) or "task" not in meta or "statistics" not in meta:
         raise OutputFileError(f"{path}: not a prepared-cache meta.json of this harness; delete it and "
@@ -71,7 +71,7 @@ def task_of(params: Params, dataset: str) -> Task:
     """The task recorded in a prepared dataset's cache."""
     name = _prepared_meta(params, dataset)["task"]
     if name not in TASKS:
-        path = Path("data/prepared") / dataset / "meta.json"
+        path = paths.prepared_path(dataset) / "meta.json"
         raise OutputFileError(f"{path}: records task {name!r}, which this harness does not know (known: "
                               f"{', '.join(TASKS)}); delete it and {_rerun(_download_stage(params, dataset))}")
     return TASKS[name]
@@ -168,7 +168,7 @@ def _describe(params: Params, method: str) -> str:
 
 def dataset_section(params: Params, dataset: str) -> list[str]:
     """Markdown tables of image counts per split for each label of a prepared dataset."""
-    meta_path = Path("data/prepared") / dataset / "meta.json"
+    meta_path = paths.prepared_path(dataset) / "meta.json"
     stats = _prepared_meta(params, dataset)["statistics"]
     lines = [f"Images per split, from the prepared cache (`{meta_path}`):", ""]
     for label in dict.fromkeys(r["label"] for r in stats):

@@ -190,10 +190,10 @@ def test_params_validation_names_the_key(workdir: Path) -> None:
     p["datasets"]["digits"]["prepare"]["coarse_map"] = "halfs"
     params = validate(p)
     for job in (validate_job, lambda params: download_job(params, "digits")):
-        with pytest.raises(ParamsError, match=r"^datasets\.digits\.prepare: coarse_map: 'halfs' is not a coarse "
+        with pytest.raises(ParamsError, match=r"^datasets\.digits\.prepare\.coarse_map: 'halfs' is not a coarse "
                                               r"map of digits \(did you mean 'halves'\?\)"):
             job(params)
     assert not (workdir / "data").exists()
     p["datasets"]["digits"]["prepare"]["coarse_map"] = [0, 1, 2]
-    with pytest.raises(ParamsError, match=r"datasets\.digits\.prepare: coarse_map: the list has 3 items"):
+    with pytest.raises(ParamsError, match=r"datasets\.digits\.prepare\.coarse_map: the list has 3 items"):
         validate_job(validate(p))

@@ -562,10 +562,7 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
      "datasets.digits.recipe.batchsize: unknown key (did you mean 'batch_size'?)"),
     (_set("datasets.digits.recipe.epochs", 0), "datasets.digits.recipe.epochs: 0 must be >= 1"),
     (_set("datasets.digits.recipe.lr", 0), "datasets.digits.recipe.lr: 0.0 must be > 0.0"),
-    (_set("datasets.digits.recipe.augment", "cifar10"),
-     "datasets.digits.recipe.augment: 'cifar10' is not allowed (did you mean 'cifar'?)"),
-    (_set("datasets.digits.source", "cifar"),
-     "datasets.digits.source: 'cifar' is not allowed (did you mean 'cifar10'?)"),
+    # (backbone, augmentation and source names: checked against their registries, tests/test_config.py)
     (_set("train.device", "gpu"),
      "train.device: 'gpu' is not allowed (did you mean 'cpu'?); allowed: 'auto', 'cpu', 'cuda'"),
     (_set("suite.seeds", [0, 0]), "suite.seeds: seeds must be distinct"),

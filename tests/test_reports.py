@@ -247,13 +247,17 @@ def _foreign_model(path: Path) -> None:
 ])
 def test_a_bad_model_file_names_it_and_its_train_stage(workdir: Path, prepared: Path, damage, ds: str,
                                                        method: str, seed: int, stage: str) -> None:
+    _assert_report_refuses(workdir, prepared, paths.model_path(ds, method, seed), damage, stage)
+
+
+def _assert_report_refuses(workdir: Path, prepared: Path, path: Path, damage, stage: str) -> None:
+    """After ``damage(path)``, the report raises one line naming the file and the stage to rerun."""
     params = make_project(workdir, prepared, seeds=(0, 1))
-    model = paths.model_path(ds, method, seed)
-    damage(model)
+    damage(path)
     with pytest.raises(OutputFileError) as info:
         write_report(params, paths.REPORTS)
     message = str(info.value)
-    assert message.startswith(f"{model}: ") and f"`dvc repro {stage}`" in message
+    assert message.startswith(f"{path}: ") and f"`dvc repro {stage}`" in message
     assert "\n" not in message
     assert not (workdir / "reports").exists()  # every input is checked before any output is written
 
@@ -274,14 +278,7 @@ def _bad_json(path: Path) -> None:
         "missing-meta"])
 def test_a_bad_input_file_names_it_and_the_stage_that_rewrites_it(workdir: Path, prepared: Path, path: Path,
                                                                   damage, stage: str) -> None:
-    params = make_project(workdir, prepared, seeds=(0, 1))
-    damage(path)
-    with pytest.raises(OutputFileError) as info:
-        write_report(params, paths.REPORTS)
-    message = str(info.value)
-    assert message.startswith(f"{path}: ") and f"`dvc repro {stage}`" in message
-    assert "\n" not in message
-    assert not (workdir / "reports").exists()
+    _assert_report_refuses(workdir, prepared, path, damage, stage)
 
 
 def test_report_stage_with_a_truncated_model_file_prints_one_error_line(workdir: Path, prepared: Path) -> None:

@@ -101,6 +101,13 @@ def _status(db: Path, run_id: str) -> str:
     return _client(db).get_run(run_id).info.status
 
 
+def _started(workspace: Path, db: Path, procs: list) -> tuple[subprocess.Popen, str]:
+    """A stage process in ``workspace`` (killed at teardown), once its run is open: (it, the run id)."""
+    proc = _spawn(workspace, db)
+    procs.append(proc)
+    return proc, _opened(proc)
+
+
 def _sigkill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
@@ -111,9 +118,7 @@ def test_a_run_left_by_a_killed_stage_is_marked_killed_by_the_next_run(
         tmp_path: Path, store: Path, procs: list, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     workspace = tmp_path / "ws"
-    proc = _spawn(workspace, store)
-    procs.append(proc)
-    old = _opened(proc)
+    proc, old = _started(workspace, store, procs)
     tags = _client(store).get_run(old).data.tags
     assert tags["host"] == socket.gethostname() and tags["pid"] == str(proc.pid)
     assert tags["workspace"] == str(workspace.resolve())
@@ -217,9 +222,7 @@ def test_a_store_that_cannot_mark_them_costs_one_warning_not_the_stage(
         tmp_path: Path, store: Path, procs: list, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     workspace = tmp_path / "ws"
-    proc = _spawn(workspace, store)
-    procs.append(proc)
-    old = _opened(proc)
+    proc, old = _started(workspace, store, procs)
     _sigkill(proc)
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{store}?mode=ro&uri=true")

@@ -1,23 +1,16 @@
 """Datasets: every loader returns :class:`pipeline.data.records.Records`.
 
-The download stage (:func:`pipeline.jobs.download_job`) writes each dataset's prepared
+The download stage (:func:`pipeline.jobs.download.download_job`) writes each dataset's prepared
 cache to ``data/prepared/<name>``; every later stage reads that cache (memory-mapped,
 no loader code imported), so the raw files are read and checked once.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pipeline.config import DatasetParams, ParamsError
 from pipeline.data.cache import cache_params, read_cache, rebuild_hint
 from pipeline.data.records import Records
-
-PREPARED = Path("data/prepared")
-
-
-def prepared_path(name: str) -> Path:
-    return PREPARED / name
+from pipeline.paths import prepared_path
 
 
 def load_prepared(name: str, params: DatasetParams) -> Records:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import ParamsError
 from pipeline.data.cache import cache_problem, dataset_statistics, write_cache
 from pipeline.data.celeba import download_celeba, load_celeba
 from pipeline.data.digits import download_digits, load_digits
@@ -114,6 +115,18 @@ def resolve_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     for option, check in checks_of(spec.load).items():
         check(resolved[option])
     return resolved
+
+
+def checked_options(key: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`resolve_options`, its errors as a :class:`ParamsError` naming the params key:
+    ``key`` is where ``options`` sit in params.yaml (``datasets.<entry>.prepare``)."""
+    try:
+        return resolve_options(name, options)
+    except ValueError as err:
+        message = str(err)
+        option = message.split(":", 1)[0]
+        joined = f"{key}.{message}" if option in get_spec(name).defaults else f"{key}: {message}"
+        raise ParamsError(joined) from None
 
 
 def smoke_root(root: str | Path, name: str) -> Path:

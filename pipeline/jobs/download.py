@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from pipeline.config import Params, ParamsError, check_names
+from pipeline import paths
+from pipeline.config import Params, check_names
 
 
 def download_job(params: Params, dataset: str, *, download: bool = True, timeout: float = 30.0) -> None:
     """Download (or verify files placed by hand) and write the prepared cache of ``dataset``."""
-    from pipeline.data import prepared_path
     from pipeline.data.cache import read_cache
-    from pipeline.data.registry import DATASETS, dataset_statistics, prepare, resolve_options
+    from pipeline.data.registry import DATASETS, checked_options, dataset_statistics, prepare
 
     params.check_dataset(dataset)
     check_names(params, sources=DATASETS, datasets=[dataset])
     spec = params.datasets[dataset]
-    try:
-        resolve_options(spec.source, spec.prepare)
-    except ValueError as err:
-        raise ParamsError(f"datasets.{dataset}.prepare: {err}") from None
-    out = prepare(spec.source, params.data.raw_root, prepared_path(dataset), spec.prepare, download, timeout,
+    checked_options(f"datasets.{dataset}.prepare", spec.source, spec.prepare)
+    out = prepare(spec.source, params.data.raw_root, paths.prepared_path(dataset), spec.prepare, download, timeout,
                   fabricated=params.suite.smoke)
     stats = dataset_statistics(read_cache(out))
     table = stats.pivot_table(index=["label", "value", "name"], columns="split", values="count")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from pipeline import paths
-from pipeline.config import Params, ParamsError, check_knn_k, check_names, sanity_warnings
+from pipeline.config import Params, check_knn_k, check_names, sanity_warnings
 from pipeline.io import write_text
 
 VALIDATED_TEXT = "params.yaml passed validation (pipeline/config.py)\n"
@@ -24,21 +24,17 @@ def validate_job(params: Params) -> None:
     bounds that depend on a prepared dataset's size, and warnings for settings that validate but
     are almost surely a mistake. Writes :data:`pipeline.paths.VALIDATED` when all pass."""
     from pipeline.augment import RECIPES
-    from pipeline.data import prepared_path
     from pipeline.data.cache import CacheError, read_cache
     from pipeline.data.records import COARSE_TO_FINE
-    from pipeline.data.registry import DATASETS, resolve_options
+    from pipeline.data.registry import DATASETS, checked_options
     from pipeline.models import ENCODERS
 
     check_names(params, backbones=ENCODERS, augmentations=RECIPES, sources=DATASETS)
     for name, spec in params.datasets.items():
-        try:
-            resolve_options(spec.source, spec.prepare)
-        except ValueError as err:
-            raise ParamsError(f"datasets.{name}.prepare: {err}") from None
+        checked_options(f"datasets.{name}.prepare", spec.source, spec.prepare)
     for name in params.suite_datasets:
         try:  # memory-mapped: cheap. No cache yet (or a damaged one): the evaluate stage checks it.
-            records = read_cache(prepared_path(name))
+            records = read_cache(paths.prepared_path(name))
         except CacheError:
             continue
         if records.task == COARSE_TO_FINE:
