@@ -20,12 +20,17 @@ $(STAMP): pyproject.toml requirements.lock
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
+# pytest-xdist: one test file per worker at a time (module fixtures set up once), the files in
+# collection order (tests/conftest.py puts the paper smoke run first); TEST_WORKERS=1 runs serially.
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest $(XDIST)
 
 # Everything but the tests marked slow (real DVC runs, subprocess faults, the paper smoke run).
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest $(XDIST) -m "not slow"
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000

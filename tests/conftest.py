@@ -15,8 +15,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Keep torch from oversubscribing the 2 CI cores when tests spawn subprocesses.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Workers x torch threads never exceed the cores: `make test` runs pytest-xdist workers (one
+# file per worker at a time), and every torch process a test starts inherits this setting.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
+
+# The longest module (the paper suite's smoke run, most of the slow tier's time) goes first, so
+# that a worker starts it at once while the others share the remaining files.
+_FIRST = ("test_paper_suite.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in _FIRST)  # stable: the rest keep their order
 
 
 def repo_params() -> dict[str, Any]:
