@@ -37,7 +37,9 @@ from pipeline.tasks import evaluate_embeddings
 t = lap("import tasks", t)
 task, path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 a = load_arrays(path)
-opts = load_params("params.yaml").evaluate
+from pipeline.config import evaluate_options
+params = load_params("params.yaml")
+opts = evaluate_options(params, "spurious_digits") if task == "worst_group" else params.evaluate
 t = time.perf_counter()
 if mode == "total":
     metrics = evaluate_embeddings(a, task, opts, seed=0)
@@ -69,28 +71,42 @@ elif task == "coarse_to_fine":
     t = lap("geometry", t)
 else:
     import torch
+    from dataclasses import asdict
     from pipeline.evaluation import robustness as r
     from pipeline.evaluation.common import encode_labels, standardise
     from pipeline.evaluation.geometry import geometry_metrics
+    from pipeline.evaluation.george import george_discover
     from pipeline.evaluation.grouping import discover_groups
-    from pipeline.evaluation.probes import linear_probe
     t = lap("import robustness", t)
     tr = [a[f"train_{k}"] for k in ("x", "y", "group")]
     va = [a[f"val_{k}"] for k in ("x", "y", "group")]
-    te = [a[f"test_{k}"] for k in ("x", "y", "group")]
-    linear_probe(tr[0], tr[1], va[0], va[1], te[0], te[1])
-    t = lap("erm probe", t)
-    d = discover_groups(tr[0], tr[1], seed=0)
-    tr_c, va_c = d.assign(tr[0], tr[1]), d.assign(va[0], va[1])
-    t = lap("group discovery", t)
     classes = np.unique(tr[1])
-    xs = [torch.as_tensor(v, dtype=torch.float64) for v in standardise(tr[0], va[0], te[0])]
+    xs = [torch.as_tensor(v, dtype=torch.float64) for v in standardise(tr[0], va[0], a["test_x"])]
     ys = [torch.as_tensor(encode_labels(v, classes)) for v in (tr[1], va[1])]
-    r.fit_group_dro(xs[0], ys[0], tr_c, xs[1], ys[1], va_c, len(classes))
-    t = lap("group DRO (discovered)", t)
-    r.fit_group_dro(xs[0], ys[0], tr[2], xs[1], ys[1], va[2], len(classes))
+    rules = {"average": np.zeros(len(va[1]), dtype=np.int64), "worst_class": ys[1].numpy(), "oracle": va[2]}
+    path = r.logistic_path(xs[0], ys[0], len(classes), cs=opts.robustness_cs)
+    erm = r.select_logistic(path, xs[1], ys[1], rules)
+    t = lap("erm path + selection", t)
+    losses = r.training_losses(erm["average"].model, xs[0], ys[0])
+    george = asdict(opts.discovery.george)
+    d = george_discover(tr[0], tr[1], losses, va[0], va[1], seed=0, **george)
+    tr_c, va_c = d.assign(tr[0], tr[1]), d.assign(va[0], va[1])
+    t = lap(f"GEORGE ({george['reduction']}, {george['cluster_method']})", t)
+    umap = dict(george, reduction="umap", cluster_method="gmm")
+    george_discover(tr[0], tr[1], losses, va[0], va[1], seed=0, **umap)
+    t = lap("GEORGE (umap, gmm: the real datasets; not in the stage)", t)
+    k = discover_groups(tr[0], tr[1], seed=0, **asdict(opts.discovery.kmeans))
+    tr_k, va_k = k.assign(tr[0], tr[1]), k.assign(va[0], va[1])
+    t = lap("k-means discovery", t)
+    dro = asdict(opts.group_dro)
+    r.fit_group_dro(xs[0], ys[0], tr_c, xs[1], ys[1], rules | {"discovered": va_c}, len(classes), **dro)
+    t = lap("group DRO (GEORGE)", t)
+    r.fit_group_dro(xs[0], ys[0], tr_k, xs[1], ys[1], rules | {"discovered": va_k}, len(classes), **dro)
+    t = lap("group DRO (k-means)", t)
+    r.fit_group_dro(xs[0], ys[0], tr[2], xs[1], ys[1], rules, len(classes), **dro)
     t = lap("group DRO (oracle)", t)
-    r.fit_group_balanced(xs[0], ys[0], tr[2], xs[1], ys[1], va[2], len(classes))
+    r.select_logistic(r.logistic_path(xs[0], ys[0], len(classes), cs=opts.robustness_cs, train_g=tr[2]),
+                      xs[1], ys[1], rules)
     t = lap("group-balanced logreg", t)
     geometry_metrics(a["test_x"], a["test_y"], fine=a.get("test_fine"))
     t = lap("geometry", t)

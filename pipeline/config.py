@@ -13,7 +13,7 @@ strings, and DVC would then hash one value while the stages used another.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +76,15 @@ class RecipeParams:
     warmup_epochs: int = constrained(0, min=0)
     views: int = constrained(2, min=2)
     decoder_width: int = constrained(64, min=1)
+
+
+@dataclass(frozen=True)
+class DatasetDiscovery:
+    """One dataset's choices of GEORGE's reduction and clustering (evaluate.discovery.datasets.<name>);
+    unset keys keep evaluate.discovery.george's."""
+
+    reduction: str | None = None       # as evaluate.discovery.george.reduction
+    cluster_method: str | None = None  # as evaluate.discovery.george.cluster_method
 
 
 @dataclass(frozen=True)
@@ -155,11 +164,15 @@ class GroupDROParams:
     steps: int = constrained(1000, min=1)
     lr: float = constrained(0.01, exclusive_min=0.0)
     eval_every: int = constrained(50, min=1)
+    # Sagawa et al.'s group-size adjustment C: the weight update sees L_g + C / sqrt(n_g), favouring
+    # small groups, whose training loss understates their test loss (GEORGE tunes C; 0 = none).
+    adjustment: float = constrained(0.0, min=0.0)
 
 
 @dataclass(frozen=True)
-class DiscoveryParams:
-    """Sub-group discovery without group labels: k-means inside each class (pipeline/evaluation/grouping.py)."""
+class KMeansDiscoveryParams:
+    """The simpler alternative: k-means inside each class, kept if it beats a Gaussian null
+    (pipeline/evaluation/grouping.py)."""
 
     k_max: int = constrained(5, min=2)
     n_components: int = constrained(8, min=1)
@@ -170,15 +183,53 @@ class DiscoveryParams:
 
 
 @dataclass(frozen=True)
+class GeorgeParams:
+    """GEORGE's discovery (Sohoni et al. 2020; pipeline/evaluation/george.py): per class, reduce, cluster
+    with k by silhouette, over-cluster by silhouette and ERM loss. Defaults: GEORGE's, except where noted
+    in params.yaml."""
+
+    reduction: str       # a name of pipeline.evaluation.george.REDUCTIONS (check_names)
+    cluster_method: str  # a name of pipeline.evaluation.george.CLUSTER_METHODS (check_names)
+    k_max: int = constrained(10, min=2)
+    overcluster_factor: int = constrained(5, min=2)
+    min_size: int = constrained(25, min=1)
+    min_fraction: float = constrained(0.005, min=0.0, exclusive_max=1.0)
+    min_val: int = constrained(25, min=0)
+    umap_neighbors: int = constrained(10, min=2)
+    umap_min_dist: float = constrained(0.0, min=0.0)
+    umap_components: int = constrained(2, min=1)
+    silhouette_sample: int = constrained(2000, min=4)
+
+
+@dataclass(frozen=True)
+class DiscoveryParams:
+    """Sub-group discovery without group labels: GEORGE (the default of discovered_gdro) and the
+    simpler k-means alternative (kmeans_gdro), both run on every worst-group dataset."""
+
+    george: GeorgeParams
+    kmeans: KMeansDiscoveryParams = field(default_factory=KMeansDiscoveryParams)
+    # GEORGE's reduction and clustering per dataset (GEORGE sets them per dataset): {dataset: choices}.
+    datasets: dict[str, DatasetDiscovery] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     probe_cs: list[float] = constrained(exclusive_min=0.0, min_len=1)
+    discovery: DiscoveryParams  # required: GEORGE's reduction and clustering are registry names
     knn_k: int = constrained(20, min=1)
     head: HeadParams = field(default_factory=HeadParams)
     # The logistic heads of the robustness protocol (ERM, oracle group-balanced): their own C grid.
     robustness_cs: list[float] = constrained([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0],
                                              exclusive_min=0.0, min_len=1)
     group_dro: GroupDROParams = field(default_factory=GroupDROParams)
-    discovery: DiscoveryParams = field(default_factory=DiscoveryParams)
+
+
+def evaluate_options(params: Params, dataset: str) -> EvaluateParams:
+    """params.evaluate with ``evaluate.discovery.datasets.<dataset>``'s choices applied to GEORGE's."""
+    opts = params.evaluate
+    own = {k: v for k, v in asdict(opts.discovery.datasets.get(dataset, DatasetDiscovery())).items()
+           if v is not None}
+    return replace(opts, discovery=replace(opts.discovery, george=replace(opts.discovery.george, **own)))
 
 
 HEADLINE_METRICS = ("fine_head_acc", "fine_probe_acc", "fine_knn_acc")
@@ -273,6 +324,10 @@ def validate(data: object) -> Params:
                 )
         if len(set(names)) != len(names):
             raise ParamsError(f"{key}: datasets must be distinct, got {names}")
+    for name in params.evaluate.discovery.datasets:
+        if name not in params.datasets:
+            raise ParamsError(f"evaluate.discovery.datasets.{name}: not a dataset under datasets"
+                              f"{did_you_mean(name, params.datasets)}")
     both = sorted(set(params.suite.datasets) & set(robust.datasets))
     if both:
         raise ParamsError(f"suite.robustness.datasets: {both} also in suite.datasets; a dataset runs "
@@ -386,7 +441,8 @@ def _check_choice(key: str, value: str, registry: Collection[str]) -> None:
 
 def check_names(params: Params, *, backbones: Collection[str] | None = None,
                 augmentations: Collection[str] | None = None, sources: Collection[str] | None = None,
-                datasets: Collection[str] | None = None) -> None:
+                datasets: Collection[str] | None = None, reductions: Collection[str] | None = None,
+                cluster_methods: Collection[str] | None = None) -> None:
     """The names of ``datasets`` (default: every entry of params.datasets) against the registries
     given (a :class:`ParamsError` naming the key, with a did-you-mean). The registries are passed
     in, so this module imports none of the code that implements them."""
@@ -397,3 +453,10 @@ def check_names(params: Params, *, backbones: Collection[str] | None = None,
                                      (f"datasets.{name}.recipe.augment", spec.recipe.augment, augmentations)):
             if registry is not None:
                 _check_choice(key, value, registry)
+    discovery = params.evaluate.discovery
+    for where, choices in (("george", discovery.george),
+                           *((f"datasets.{name}", c) for name, c in discovery.datasets.items())):
+        for key, registry in (("reduction", reductions), ("cluster_method", cluster_methods)):
+            value = getattr(choices, key)
+            if registry is not None and value is not None:
+                _check_choice(f"evaluate.discovery.{where}.{key}", value, registry)

@@ -238,7 +238,16 @@ def _section_input(params: Params, ds: str, methods: dict[str, Any]) -> SectionI
         recipe=_recipe_line(params, ds),
         hardware=_hardware_line(params, ds),
         one_seed=_one_seed_line(params),
+        label_names=_label_names(params, ds),
     )
+
+
+def _label_names(params: Params, dataset: str) -> dict[str, dict[int, str]]:
+    """{label: {value: readable name}} from the prepared cache's statistics ("5-9 / red")."""
+    names: dict[str, dict[int, str]] = {}
+    for row in _prepared_meta(params, dataset)["statistics"]:
+        names.setdefault(row["label"], {})[int(row["value"])] = str(row["name"])
+    return names
 
 
 def results_markdown(params: Params, summary: dict[str, Any]) -> str:

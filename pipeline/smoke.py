@@ -55,7 +55,9 @@ def apply_smoke(data: Mapping[str, Any]) -> dict[str, Any]:
       width at most 8; the backbone and augmentation stay, so every model's code path runs;
     - the ``prepare`` options of datasets with a fabricated copy: ``SMOKE_PREPARE`` (50%
       validation splits that fit the tiny copies, 16 px images for the JPEG datasets);
-    - ``evaluate.head.epochs`` 2, ``evaluate.knn_k`` at most 10;
+    - ``evaluate.head.epochs`` 2, ``evaluate.knn_k`` at most 10; GEORGE's per-dataset choices
+      dropped (``evaluate.discovery.datasets``: the UMAP reduction of the real worst-group
+      datasets compiles ~25 s of numba code per stage; tests/test_george.py runs that path);
     - ``train``: CPU, fp32, no torch.compile (a GPU suite's settings, undone for CI).
     """
     out = copy.deepcopy(dict(data))
@@ -83,6 +85,12 @@ def apply_smoke(data: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(head, dict):
             head["epochs"] = SMOKE_HEAD_EPOCHS
         _shrink(evaluate, "knn_k", SMOKE_MAX_KNN_K)
+        discovery = evaluate.get("discovery")
+        per_dataset = discovery.get("datasets") if isinstance(discovery, dict) else None
+        if isinstance(per_dataset, dict) and isinstance(discovery.get("george"), dict):
+            # Every dataset gets GEORGE's global choices (no UMAP): a UMAP fit compiles numba
+            # code in each process, ~25 s per evaluate stage on a CPU whatever the data size.
+            per_dataset.clear()
     train = out.get("train")
     if isinstance(train, dict):
         train.update(device="cpu", precision="fp32", compile=False)

@@ -71,6 +71,9 @@ PAPER = Suite(
         "train.device": "cuda",       # fail fast without a GPU rather than train for weeks on a CPU
         "train.precision": "bf16",    # autocast; the losses stay fp32 (pipeline/training.py)
         "train.compile": True,
+        # GEORGE's own size thresholds (params.yaml lowers them for the embedded suite's small groups).
+        "evaluate.discovery.george.min_size": 25,
+        "evaluate.discovery.george.min_val": 25,
     },
     # One seed, and the robustness protocol's methods (SupCon is also the report's baseline):
     # every stage group still runs for every dataset, in 73 stages (117 with every method, 337

@@ -19,12 +19,12 @@ Report tables are pandas DataFrames (:func:`frame`), written as markdown by one 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from pipeline.config import EvaluateParams, Params, check_knn_k
+from pipeline.config import EvaluateParams, Params, check_knn_k, check_names
 from pipeline.data.records import COARSE_TO_FINE, LABEL_KEYS, TRAIN_LABEL, WORST_GROUP
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ class SectionInput:
     recipe: str  # the training recipe, one sentence
     hardware: str  # "Trained on: ..."
     one_seed: list[str]  # the n = 1 note above a results table (empty with several seeds)
+    # {label: {value: readable name}} from the prepared cache ("group": {2: "5-9 / red"}); may be empty.
+    label_names: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 class Task:
@@ -263,21 +265,45 @@ class WorstGroup(Task):
     title = "worst-group robustness"
     # The group (it already shows y) and, where a dataset keeps one for pictures (spurious digits), the fine label.
     picture_labels = ("fine", "group")
-    # The heads of pipeline.evaluation.robustness, with their column titles.
+    # Each result is a head chosen by a model-selection rule (pipeline.evaluation.robustness.HEAD_RULES):
+    # its key prefix "{head}.{rule}", and how a column names it.
     HEADS = {
-        "erm": "ERM",
-        "discovered_gdro": "Discovered groups + gDRO",
-        "oracle_gdro": "Oracle gDRO",
-        "oracle_balanced": "Oracle balanced",
+        "erm.average": "ERM, avg. acc.",
+        "erm.worst_class": "ERM, worst class",
+        "discovered_gdro.discovered": "GEORGE + gDRO, disc. groups",
+        "discovered_gdro.worst_class": "GEORGE + gDRO, worst class",
+        "kmeans_gdro.discovered": "k-means + gDRO, disc. groups",
+        "oracle_gdro.oracle": "Oracle gDRO, true groups",
+        "oracle_balanced.oracle": "Oracle balanced, true groups",
     }
-    HEADLINE = "discovered_gdro/worst_group_acc"
-    HEADLINE_TITLE = "Worst-group acc., discovered groups + gDRO"
+    # How each rule is named in prose, and whether it needs group labels.
+    RULES = {
+        "average": "validation accuracy (no group information)",
+        "worst_class": "validation worst-class accuracy (no group information)",
+        "discovered": "validation worst discovered-group accuracy (no group labels)",
+        "oracle": "validation worst-group accuracy on the true groups (group labels)",
+    }
+    HEADLINE = "discovered_gdro.discovered/worst_group_acc"
+    HEADLINE_TITLE = "Worst-group acc., GEORGE groups + gDRO"
     # The heads of the per-group table, with the prefix of their columns.
-    PER_GROUP = {"erm": "ERM", "discovered_gdro": "disc."}
+    PER_GROUP = {"erm.average": "ERM", "discovered_gdro.discovered": "GEORGE"}
+    # The sub-group discovery scores shown: (metrics prefix, score) -> column title.
+    DISCOVERY = {
+        ("discovery", "minority_precision"): "GEORGE minority precision",
+        ("discovery", "minority_recall"): "GEORGE minority recall",
+        ("discovery", "ari_within_class"): "GEORGE ARI within class",
+        ("discovery_kmeans", "minority_recall"): "k-means minority recall",
+        ("discovery_kmeans", "ari_within_class"): "k-means ARI within class",
+    }
     # The published baselines quoted for a dataset without its own (reference keys -> how to name them).
     QUOTED_BASELINES = {"ERM": "ERM", "group DRO (true groups)": "group DRO"}
     # METHOD.md section 6, the paper's abstract.
     PAPER_LIFT = "The paper reports Thanos 4.7 points of worst-group lift over prior work across 3 datasets."
+
+    def check(self, params: Params, dataset: str, arrays: Mapping[str, np.ndarray]) -> None:
+        from pipeline.evaluation.george import CLUSTER_METHODS, REDUCTIONS
+
+        check_names(params, datasets=[dataset], reductions=REDUCTIONS, cluster_methods=CLUSTER_METHODS)
 
     def metrics(self, arrays: Mapping[str, np.ndarray], opts: EvaluateParams, seed: int = 0) -> dict[str, float]:
         from pipeline.evaluation.metrics import worst_group_metrics
@@ -301,19 +327,36 @@ class WorstGroup(Task):
 
         def cells(method: str, entry: dict[str, Any]) -> list[str]:
             return [*(head_cell(entry, h) for h in self.HEADS),
-                    f"{entry['discovery/ari_within_class']['mean']:.2f}",
-                    f"{entry['discovery/smallest_group_recall']['mean']:.2f}",
+                    *(f"{entry[f'{p}/{k}']['mean']:.2f}" for p, k in self.DISCOVERY),
                     stat_cell(entry.get(f"lift_over_{base}"), signed=True)]
 
         rows, index = _stat_rows(section, cells)
-        results = frame(rows, index, [*self.HEADS.values(), "Discovery ARI within class", "Smallest-group recall",
-                                      f"Lift over {base}"], index_names=("Method", "Loss / embedding"))
+        results = frame(rows, index, [*self.HEADS.values(), *self.DISCOVERY.values(), f"Lift over {base}"],
+                        index_names=("Method", "Loss / embedding"))
+        # Every head under every rule: worst-group / worst-class / balanced accuracy, one column per method.
+        first_entry = next(iter(methods.values()))
+        every = [tuple(k.removesuffix("/worst_group_acc").split(".")) for k in first_entry
+                 if k.endswith("/worst_group_acc") and "." in k]
+        def rule_cell(e: dict[str, Any], key: str) -> str:
+            return " / ".join(f"{e[f'{key}/{m}']['mean']:.1f}" for m in ("worst_group_acc", "worst_class_acc",
+                                                                          "balanced_acc"))
+
+        all_rules = frame([[rule_cell(e, f"{h}.{r}") for e in methods.values()] for h, r in every],
+                          every, list(methods), index_names=("Head", "Selected by"))
         first = next(iter(self.PER_GROUP))
-        groups = sorted({k.split("/")[1] for e in methods.values() for k in e if k.startswith(f"{first}/group_")})
+        groups = sorted({k.split("/")[1] for e in methods.values() for k in e if k.startswith(f"{first}/group_")},
+                        key=lambda g: int(g.removeprefix("group_").removesuffix("_acc")))
+        names = section.label_names.get("group", {})
+
+        def group_title(g: str) -> str:  # "group_2_acc" -> "5-9 / red" where the cache names it
+            value = int(g.removeprefix("group_").removesuffix("_acc"))
+            return names.get(value, f"group {value}")
+
         per_group = frame([[f"{e[f'{h}/{g}']['mean']:.1f}" for h in self.PER_GROUP for g in groups]
                            for e in methods.values()], list(methods),
-                          [f"{p} {g.removesuffix('_acc')}" for p in self.PER_GROUP.values() for g in groups])
+                          [f"{p}: {group_title(g)}" for p in self.PER_GROUP.values() for g in groups])
         references = self._references(section)
+        rules = "; ".join(f"{name} = {text}" for name, text in self.RULES.items())
         return [
             f"## {section.dataset}: {self.title}",
             "",
@@ -321,16 +364,24 @@ class WorstGroup(Task):
             "",
             section.hardware,
             "",
-            "Each cell: worst-group / average test accuracy (%). Heads on the frozen embeddings: ERM (plain "
-            "linear head); discovered groups (k-means on the L2-normalised embeddings inside each class, k by "
-            "cluster-averaged silhouette against a Gaussian null, no group labels) "
-            "+ group DRO; the oracles that see the true training groups (group DRO; group-balanced "
-            "retraining, DFR-style). Model selection on validation, on the groups each head may see.",
+            "Each cell: worst-group / average test accuracy (%) of a linear head on the frozen embeddings, "
+            "and the rule that selected it on validation. Heads: ERM (plain linear head); group DRO on the "
+            "groups GEORGE discovers (per class: L2-normalised embeddings, clusters with k by silhouette, "
+            "over-clustering kept where it beats its parent's silhouette and ERM loss; no group labels) and "
+            "on the simpler k-means groups (k by silhouette against a Gaussian null); the oracles that train "
+            "on the true groups (group DRO; group-balanced retraining, DFR-style). Minority precision / "
+            "recall: for each true minority group, its best-matching discovered cluster (by F1), averaged.",
             "",
             *section.one_seed,
             *markdown_table(results),
             "",
-            "Per-group test accuracy (%), ERM and discovered groups + gDRO:",
+            f"Every head under every selection rule it allows (mean over seeds; worst-group / worst-class / "
+            f"balanced test accuracy, %). Rules: {rules}.",
+            "",
+            *markdown_table(all_rules),
+            "",
+            "Per-group test accuracy (%), ERM (selected by validation accuracy) and GEORGE + gDRO (selected "
+            "by worst discovered group):",
             "",
             *markdown_table(per_group),
             *(["", references] if references else []),

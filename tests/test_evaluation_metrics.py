@@ -8,12 +8,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.config import DiscoveryParams, EvaluateParams, GroupDROParams, HeadParams
+from pipeline.config import (
+    DiscoveryParams,
+    EvaluateParams,
+    GeorgeParams,
+    GroupDROParams,
+    HeadParams,
+    KMeansDiscoveryParams,
+)
 from pipeline.data.records import COARSE_TO_FINE, VIEW_KEYS, WORST_GROUP
 from pipeline.evaluation.geometry import alignment
 from pipeline.tasks import evaluate_embeddings
 
-OPTS = EvaluateParams(probe_cs=[0.1, 1.0], knn_k=5, head=HeadParams(epochs=2))
+DISCOVERY = DiscoveryParams(george=GeorgeParams(reduction="none", cluster_method="kmeans", min_size=5, min_val=3),
+                            kmeans=KMeansDiscoveryParams())
+OPTS = EvaluateParams(probe_cs=[0.1, 1.0], discovery=DISCOVERY, knn_k=5, head=HeadParams(epochs=2))
 
 
 def arrays_for(task: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -66,20 +75,29 @@ FAST = replace(OPTS, group_dro=GroupDROParams(etas=[0.1], weight_decays=[0.01], 
 def test_worst_group_metrics_use_the_evaluate_settings() -> None:
     """evaluate.robustness_cs, .group_dro and .discovery reach the robustness heads (none is ignored)."""
     base = _robustness(FAST)
-    assert base["discovered_gdro/eta"] == 0.1 and base["oracle_gdro/weight_decay"] == 0.01
-    assert base["discovered_gdro/steps"] in (20.0, 40.0)  # checkpoints every eval_every steps, up to steps
-    assert base["erm/c"] in OPTS.robustness_cs and base["oracle_balanced/c"] in OPTS.robustness_cs
+    assert base["discovered_gdro.discovered/eta"] == 0.1 and base["oracle_gdro.oracle/weight_decay"] == 0.01
+    # checkpoints every eval_every steps, up to steps
+    assert base["discovered_gdro.discovered/steps"] in (20.0, 40.0)
+    assert base["erm.average/c"] in OPTS.robustness_cs and base["oracle_balanced.oracle/c"] in OPTS.robustness_cs
 
     one_c = _robustness(replace(FAST, robustness_cs=[0.5]))
-    assert one_c["erm/c"] == 0.5 and one_c["oracle_balanced/c"] == 0.5
+    assert one_c["erm.worst_class/c"] == 0.5 and one_c["oracle_balanced.oracle/c"] == 0.5
 
     grid = _robustness(replace(FAST, group_dro=GroupDROParams(etas=[0.3], weight_decays=[0.002], steps=30,
-                                                              eval_every=30)))
-    assert (grid["oracle_gdro/eta"], grid["oracle_gdro/weight_decay"], grid["oracle_gdro/steps"]) == (0.3, 0.002, 30)
+                                                              eval_every=30, adjustment=1.0)))
+    assert (grid["oracle_gdro.oracle/eta"], grid["oracle_gdro.oracle/weight_decay"],
+            grid["oracle_gdro.oracle/steps"]) == (0.3, 0.002, 30)
+    adjusted = _robustness(replace(FAST, group_dro=replace(FAST.group_dro, adjustment=5.0)))
+    assert adjusted != base  # the group-size adjustment reaches group DRO
 
     # Clusters of at least 10**6 points cannot exist: one cluster per class, however the rest is set.
-    lumped = _robustness(replace(FAST, discovery=DiscoveryParams(min_cluster_size=10**6)))
-    assert lumped["discovery/n_clusters"] == 2 and base["discovery/n_clusters"] > 2
+    lumped = _robustness(replace(FAST, discovery=replace(DISCOVERY, kmeans=KMeansDiscoveryParams(
+        min_cluster_size=10**6))))
+    assert lumped["discovery_kmeans/n_clusters"] == 2 and base["discovery_kmeans/n_clusters"] > 2
+    # GEORGE: over-clusters of 10**6 points cannot exist either; its base clusters stay.
+    no_split = _robustness(replace(FAST, discovery=replace(DISCOVERY, george=replace(DISCOVERY.george,
+                                                                                     min_size=10**6))))
+    assert no_split["discovery/n_clusters"] <= base["discovery/n_clusters"]
 
     # The coarse-to-fine probe's grid is not the robustness heads' grid.
     assert _robustness(replace(FAST, probe_cs=[123.0])) == base

@@ -235,7 +235,7 @@ def test_evaluation_avoids_slow_imports(tmp_path) -> None:
     no scikit-learn: every evaluate stage would pay those imports."""
     code = """
 import sys, numpy as np
-from pipeline.config import EvaluateParams, HeadParams
+from pipeline.config import DiscoveryParams, EvaluateParams, GeorgeParams, HeadParams, KMeansDiscoveryParams
 from pipeline.tasks import evaluate_embeddings
 from pipeline.evaluation.projection import plot_projection
 rng = np.random.default_rng(0)
@@ -243,7 +243,8 @@ a = {}
 for s, n in (("train", 120), ("val", 60), ("test", 60)):
     fine = rng.integers(0, 4, n)
     a[f"{s}_x"], a[f"{s}_fine"], a[f"{s}_coarse"] = rng.normal(size=(n, 8)) + fine[:, None], fine, fine // 2
-opts = EvaluateParams(probe_cs=[0.1, 1.0], knn_k=5, head=HeadParams(epochs=2))
+discovery = DiscoveryParams(GeorgeParams("none", "kmeans"), KMeansDiscoveryParams())
+opts = EvaluateParams(probe_cs=[0.1, 1.0], discovery=discovery, knn_k=5, head=HeadParams(epochs=2))
 evaluate_embeddings(a, "coarse_to_fine", opts)
 plot_projection(a["test_x"], a["test_fine"], sys.argv[1])
 print(sorted(m for m in ("torch._dynamo", "sklearn") if m in sys.modules))

@@ -12,9 +12,16 @@ from pipeline.evaluation.grouping import (
     discover_groups,
     gaussian_like,
     discovery_scores,
+    minority_identification,
     smallest_group_recall,
 )
-from pipeline.evaluation.robustness import evaluate_robustness, group_metrics
+from pipeline.evaluation.robustness import (
+    HEAD_RULES,
+    RuleSelector,
+    evaluate_robustness,
+    group_metrics,
+    select_logistic,
+)
 
 FAST = dict(steps=400, eval_every=50, etas=(0.1, 1.0), weight_decays=(1e-3, 1e-1))
 
@@ -50,21 +57,91 @@ def test_group_metrics_match_loop() -> None:
     assert got["avg_acc"] == pytest.approx(np.mean(pred == y))
     assert got["weighted_acc"] == pytest.approx(sum(f * a for f, a in zip(freq, accs)))
     assert all(got[f"group_{g}_acc"] == pytest.approx(accs[g]) for g in range(4))
+    class_accs = [np.mean([pred[i] == y[i] for i in range(200) if y[i] == c]) for c in range(2)]
+    assert got["worst_class_acc"] == pytest.approx(min(class_accs))
+    assert got["balanced_acc"] == pytest.approx(np.mean(class_accs))
+
+
+def test_each_rule_selects_by_the_worst_group_of_its_own_validation_grouping() -> None:
+    """Three candidate heads, hand-made validation predictions: each rule keeps the one whose
+    worst group under that rule's grouping is best (ties: mean accuracy, then the first)."""
+    import torch
+
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    groupings = {"average": np.zeros(8, dtype=np.int64), "worst_class": y.numpy(),
+                 "oracle": np.array([0, 0, 0, 1, 2, 2, 2, 3]),
+                 "discovered": np.array([0, 0, 1, 1, 2, 2, -1, -1])}  # -1: not scored by this rule
+    preds = torch.tensor([
+        [0, 0, 0, 1, 1, 1, 1, 1],  # 7/8 right; misses the oracle's group 1 entirely
+        [0, 0, 1, 0, 1, 1, 0, 1],  # 6/8; worst class 3/4, every oracle group >= 2/3
+        [0, 1, 0, 0, 0, 1, 0, 1],  # 5/8; the discovered groups of points 0-5: 1/2, 1, 0... worst
+    ])
+    selector = RuleSelector(y, groupings)
+    for i, pred in enumerate(preds):
+        selector.consider(pred[None], lambda _, i=i: (i, {"candidate": i}))
+    chosen = {rule: head.hyperparameters["candidate"] for rule, head in selector.chosen().items()}
+    # average: 7/8 > 6/8 > 5/8. worst class: 3/4 (0), 3/4 (1), 1/2 (2): tie on 3/4 -> mean -> 0.
+    # oracle: groups (0,1,2,3) -> candidate 0: 1, 0, 1, 1 (worst 0); 1: 2/3, 1, 2/3, 1 (2/3); 2: 2/3, 1, 1/3, 1.
+    # discovered (points 0-5): 0: 1, 1/2, 1 -> 1/2; 1: 1, 1/2, 1 -> 1/2 (mean 6/8 < 7/8); 2: 1/2, 1, 1/2.
+    assert chosen == {"average": 0, "worst_class": 0, "oracle": 1, "discovered": 0}
+    scores = selector.chosen()
+    assert scores["oracle"].val_worst_group_acc == pytest.approx(2 / 3)
+    assert scores["discovered"].val_worst_group_acc == pytest.approx(1 / 2)
+
+
+def test_erm_selected_by_average_accuracy_is_the_linear_probe() -> None:
+    """The ERM head under the "average" rule is exactly :func:`linear_probe`'s choice."""
+    import torch
+
+    from pipeline.evaluation.common import encode_labels, standardise
+    from pipeline.evaluation.probes import linear_probe
+    from pipeline.evaluation.robustness import logistic_path
+
+    rng = np.random.default_rng(12)
+    (xtr, ytr, _), (xva, yva, _), (xte, yte, _) = (spurious(n, p, rng) for n, p in ((300, 0.9), (150, 0.5), (150, 0.5)))
+    cs = (0.01, 0.1, 1.0, 10.0)
+    probe = linear_probe(xtr, ytr, xva, yva, xte, yte, cs=cs, device="cpu")
+    tr, va, te = (torch.as_tensor(a) for a in standardise(xtr, xva, xte))
+    classes = np.unique(ytr)
+    path = logistic_path(tr, torch.as_tensor(encode_labels(ytr, classes)), 2, cs=cs)
+    head = select_logistic(path, va, torch.as_tensor(encode_labels(yva, classes)),
+                           {"average": np.zeros(len(yva), dtype=np.int64)})["average"]
+    assert head.hyperparameters["c"] == probe.best_c
+    assert head.val_worst_group_acc == probe.val_accuracy
+    assert np.array_equal(classes[head.model.predict(te).numpy()], probe.test_predictions)
+
+
+def test_minority_identification_by_hand() -> None:
+    y = np.array([0] * 10 + [1] * 6)
+    groups = np.array([0] * 7 + [1] * 3 + [2] * 4 + [3] * 2)  # minorities: 1 (class 0), 3 (class 1)
+    clusters = np.array([0] * 6 + [1] * 4 + [2] * 6)  # cluster 1 = one majority point + group 1
+    precision, recall = minority_identification(clusters, groups, y)
+    # group 1: cluster 1 holds all 3 of its 4 points -> precision 3/4, recall 1.
+    # group 3: only cluster 2 in class 1 (6 points, 2 of them) -> precision 2/6, recall 1.
+    assert precision == pytest.approx((3 / 4 + 2 / 6) / 2)
+    assert recall == pytest.approx(1.0)
+    assert np.isnan(minority_identification(clusters, np.zeros(16, dtype=np.int64), y)[0])
 
 
 def test_spurious_feature_hurts_erm_and_oracle_dro_fixes_it(spurious_metrics) -> None:
     m = spurious_metrics
-    assert m["erm/worst_group_acc"] < 0.5  # minority groups follow the spurious feature
-    assert m["erm/weighted_acc"] > 0.85  # ... while the training-weighted average looks fine
-    assert m["oracle_gdro/worst_group_acc"] > m["erm/worst_group_acc"] + 0.3
-    assert m["oracle_balanced/worst_group_acc"] > m["erm/worst_group_acc"] + 0.3
-    # The hidden groups are well separated, so discovery recovers them and GEORGE follows.
-    assert m["discovery/ari_within_class"] > 0.95
-    assert m["discovery/smallest_group_recall"] > 0.95
-    assert m["discovered_gdro/worst_group_acc"] > m["erm/worst_group_acc"] + 0.3
-    for method in ("erm", "discovered_gdro", "oracle_gdro", "oracle_balanced"):
-        accs = [m[f"{method}/group_{g}_acc"] for g in range(4)]
-        assert m[f"{method}/worst_group_acc"] == min(accs)
+    erm = m["erm.average/worst_group_acc"]
+    assert erm < 0.5  # minority groups follow the spurious feature
+    assert m["erm.average/weighted_acc"] > 0.85  # ... while the training-weighted average looks fine
+    assert m["oracle_gdro.oracle/worst_group_acc"] > erm + 0.3
+    assert m["oracle_balanced.oracle/worst_group_acc"] > erm + 0.3
+    # The hidden groups are well separated, so both discoveries recover them and group DRO follows.
+    for prefix in ("discovery", "discovery_kmeans"):
+        assert m[f"{prefix}/ari_within_class"] > 0.95
+        assert m[f"{prefix}/smallest_group_recall"] > 0.95
+        assert m[f"{prefix}/minority_precision"] > 0.95 and m[f"{prefix}/minority_recall"] > 0.95
+    assert m["discovered_gdro.discovered/worst_group_acc"] > erm + 0.3
+    assert m["kmeans_gdro.discovered/worst_group_acc"] > erm + 0.3
+    for head, rules in HEAD_RULES.items():
+        for rule in rules:
+            accs = [m[f"{head}.{rule}/group_{g}_acc"] for g in range(4)]
+            assert m[f"{head}.{rule}/worst_group_acc"] == min(accs)
+            assert m[f"{head}.{rule}/mean_group_acc"] == pytest.approx(np.mean(accs))
 
 
 def test_model_selection_never_sees_test_labels() -> None:
@@ -74,9 +151,11 @@ def test_model_selection_never_sees_test_labels() -> None:
     scrambled = (x, rng.permutation(y), rng.permutation(g))
     a = evaluate_robustness(train, val, test, seed=0, **FAST)
     b = evaluate_robustness(train, val, scrambled, seed=0, **FAST)
-    chosen = [k for k in a if k.startswith("discovery/") or k.endswith(
+    chosen = [k for k in a if k.startswith(("discovery/", "discovery_kmeans/")) or k.endswith(
         ("/val_selection_acc", "/c", "/eta", "/weight_decay", "/steps"))]
-    assert len(chosen) == 16  # 4 discovery scores + selection outputs of the 4 methods
+    # 6 scores per discovery; per (head, rule): its validation score and hyperparameters.
+    outputs = {"erm": 2, "oracle_balanced": 2, "discovered_gdro": 4, "kmeans_gdro": 4, "oracle_gdro": 4}
+    assert len(chosen) == 2 * 6 + sum(len(rules) * outputs[h] for h, rules in HEAD_RULES.items())
     assert {k: a[k] for k in chosen} == {k: b[k] for k in chosen}
 
 
@@ -195,23 +274,30 @@ def test_evaluate_robustness_rejects_bad_triples() -> None:
 
 
 def test_evaluate_robustness_passes_its_discovery_and_group_dro_settings_on() -> None:
-    """``discovery`` reaches discover_groups; ``lr`` reaches the group-DRO heads."""
+    """``kmeans`` reaches discover_groups, ``george`` george_discover; ``lr`` the group-DRO heads."""
     from pipeline.evaluation.grouping import discover_groups as discover
 
     rng = np.random.default_rng(6)
     train, val, test = spurious(400, 0.9, rng), spurious(200, 0.5, rng), spurious(200, 0.5, rng)
     fast = dict(steps=60, eval_every=30, etas=(0.1,), weight_decays=(1e-3,))
-    base = evaluate_robustness(train, val, test, seed=0, discovery={"k_max": 3}, **fast)
+    base = evaluate_robustness(train, val, test, seed=0, kmeans={"k_max": 3}, **fast)
     direct = discover(train[0], train[1], k_max=3, seed=0)
-    assert base["discovery/n_clusters"] == len(np.unique(direct.assign(train[0], train[1])))
-    lumped = evaluate_robustness(train, val, test, seed=0, discovery={"min_cluster_size": 10**6}, **fast)
-    assert lumped["discovery/n_clusters"] == 2
-    assert {k: v for k, v in lumped.items() if k.startswith(("erm/", "oracle_"))} == {
-        k: v for k, v in base.items() if k.startswith(("erm/", "oracle_"))}  # discovery touches its head only
-    slow = evaluate_robustness(train, val, test, seed=0, discovery={"k_max": 3}, lr=1e-6, **fast)
-    assert slow["oracle_gdro/val_selection_acc"] != base["oracle_gdro/val_selection_acc"] or (
-        slow["oracle_gdro/steps"] != base["oracle_gdro/steps"])
-    assert slow["erm/c"] == base["erm/c"]  # the logistic heads do not use the group-DRO settings
+    assert base["discovery_kmeans/n_clusters"] == len(np.unique(direct.assign(train[0], train[1])))
+    lumped = evaluate_robustness(train, val, test, seed=0, kmeans={"min_cluster_size": 10**6},
+                                 george={"min_size": 10**6}, **fast)
+    assert lumped["discovery_kmeans/n_clusters"] == 2
+    # GEORGE's base clusters stay (the ERM-loss and size rules only guard the over-clusters).
+    assert lumped["discovery/n_clusters"] <= base["discovery/n_clusters"]
+
+    def untouched(m: dict[str, float]) -> dict[str, float]:  # the heads that see no discovered groups
+        return {k: v for k, v in m.items() if k.startswith(("erm.average/", "erm.worst_class/",
+                                                             "erm.oracle/", "oracle_"))}
+
+    assert untouched(lumped) == untouched(base)
+    slow = evaluate_robustness(train, val, test, seed=0, kmeans={"k_max": 3}, lr=1e-6, **fast)
+    assert slow["oracle_gdro.oracle/val_selection_acc"] != base["oracle_gdro.oracle/val_selection_acc"] or (
+        slow["oracle_gdro.oracle/steps"] != base["oracle_gdro.oracle/steps"])
+    assert slow["erm.average/c"] == base["erm.average/c"]  # the logistic heads ignore the group-DRO settings
 
 
 def test_discover_groups_passes_the_silhouette_sample_on() -> None:
@@ -225,9 +311,11 @@ def test_discover_groups_passes_the_silhouette_sample_on() -> None:
     assert full.n_clusters == sampled.n_clusters == 2
 
 
-def test_batched_group_dro_matches_one_config_at_a_time_with_autograd() -> None:
+@pytest.mark.parametrize("adjustment", [0.0, 2.0])
+def test_batched_group_dro_matches_one_config_at_a_time_with_autograd(adjustment: float) -> None:
     """Each configuration of the batched path, against the plain algorithm: its own linear
-    model, autograd, torch.optim.Adam (Sagawa et al.'s online group DRO, full batch)."""
+    model, autograd, torch.optim.Adam (Sagawa et al.'s online group DRO, full batch, with their
+    group-size adjustment C / sqrt(n_g) in the weight update)."""
     import torch
 
     from pipeline.evaluation.robustness import group_dro_path
@@ -237,9 +325,11 @@ def test_batched_group_dro_matches_one_config_at_a_time_with_autograd() -> None:
     g[:7] = -1  # points without a group count in no group loss
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     etas, wds, steps = (0.1, 1.0), (1e-3, 1e-1), 60
-    *_, (last, weight, bias) = group_dro_path(xt, yt, g, 2, etas, wds, steps=steps, every=25)
+    *_, (last, weight, bias) = group_dro_path(xt, yt, g, 2, etas, wds, steps=steps, every=25,
+                                              adjustment=adjustment)
     assert last == steps
     ids = [gid for gid in np.unique(g) if gid >= 0]
+    sizes = torch.tensor([float(np.sum(g == gid)) for gid in ids], dtype=torch.float64)
     for i, (eta, wd) in enumerate((e, w) for e in etas for w in wds):
         w_ref = torch.zeros(5, 2, dtype=torch.float64, requires_grad=True)
         b_ref = torch.zeros(2, dtype=torch.float64, requires_grad=True)
@@ -249,7 +339,7 @@ def test_batched_group_dro_matches_one_config_at_a_time_with_autograd() -> None:
             ce = torch.nn.functional.cross_entropy(xt @ w_ref + b_ref, yt, reduction="none")
             losses = torch.stack([ce[torch.as_tensor(g == gid)].mean() for gid in ids])
             with torch.no_grad():
-                q = q * torch.exp(eta * losses)
+                q = q * torch.exp(eta * (losses + adjustment / sizes.sqrt()))
                 q = q / q.sum()
             loss = (q * losses).sum() + 0.5 * wd * w_ref.square().sum()
             optimiser.zero_grad()

@@ -25,6 +25,7 @@ from pipeline.data.download import DatasetFileError
 from pipeline.smoke import SMOKE_PREPARE
 from pipeline.data.registry import prepare, smoke_root
 from pipeline.suites import PAPER
+from pipeline.tasks import WorstGroup
 
 COARSE = ["cifar10", "cifar100", "cifar100u", "mnist"]
 ROBUST = ["waterbirds", "celeba"]
@@ -215,7 +216,7 @@ def test_smoke_experiment_reports_cover_every_paper_dataset(smoke: SmokeRun) -> 
     for dataset in COARSE + ROBUST:
         assert set(summary[dataset]) == set(PAPER.smoke_methods), dataset
         kind, metric = (("coarse-to-fine", "fine_head_acc") if dataset in COARSE
-                        else ("worst-group", "discovered_gdro/worst_group_acc"))
+                        else ("worst-group", WorstGroup.HEADLINE))
         assert all(metric in summary[dataset][m] for m in PAPER.smoke_methods), (dataset, metric)
         assert any(h.startswith(f"## {dataset}") and kind in h for h in headings), (dataset, headings)
         # Every prepared cache came from a fabricated copy, flagged as such.

@@ -27,11 +27,15 @@ from pipeline.config import Params, validate
 from pipeline.errors import OutputFileError
 from pipeline.formats import MODEL_FORMAT
 from pipeline.io import save_arrays
+from pipeline.evaluation.robustness import HEAD_RULES
 from pipeline.reports import bar_chart_figure, mean_std, write_report
+from pipeline.tasks import WorstGroup
+
+WG_HEADLINE = WorstGroup.HEADLINE
 
 METHODS = ("supcon", "supcon_cnce", "ce_ae", "thanos")
 HARDWARE = "CPU test machine, 1 cores, 1 torch threads, torch 0.0"
-HEADS = ("erm", "discovered_gdro", "oracle_gdro", "oracle_balanced")
+HEADS = tuple(f"{h}.{r}" for h, rules in HEAD_RULES.items() for r in rules)  # every head under every rule
 GEOMETRY = ("geom_class_spread_ratio", "geom_fine_knn_purity", "geom_uniformity", "geom_alignment")
 
 
@@ -66,9 +70,11 @@ def _metric_keys(task: str) -> list[str]:
     if task == "coarse_to_fine":
         return keys + ["fine_head_acc", "fine_probe_acc", "fine_knn_acc", "coarse_probe_acc"]
     for h in HEADS:
-        keys += [f"{h}/{k}" for k in ("worst_group_acc", "avg_acc", "mean_group_acc", "weighted_acc")]
+        keys += [f"{h}/{k}" for k in ("worst_group_acc", "avg_acc", "mean_group_acc", "weighted_acc",
+                                      "worst_class_acc", "balanced_acc")]
         keys += [f"{h}/group_{g}_acc" for g in range(4)]
-    return keys + ["discovery/ari", "discovery/ari_within_class", "discovery/smallest_group_recall"]
+    scores = ("ari", "ari_within_class", "smallest_group_recall", "minority_precision", "minority_recall")
+    return keys + [f"{prefix}/{k}" for prefix in ("discovery", "discovery_kmeans") for k in scores]
 
 
 def make_project(root: Path, prepared: Path, seeds: tuple[int, ...]) -> Params:
@@ -146,8 +152,10 @@ def test_one_seed_report_shows_the_value_and_n_1_without_spread(workdir: Path, p
     robust = sections["spurious_digits"]
     assert robust.count("One seed (n = 1, seed 0)") == 1
     cells = _rows(robust, "ce_ae")[0]
-    assert cells[2:6] == [f"{_metric(workdir, 'spurious_digits', 'ce_ae', 0, f'{h}/worst_group_acc'):.1f} / "
-                          f"{_metric(workdir, 'spurious_digits', 'ce_ae', 0, f'{h}/avg_acc'):.1f}" for h in HEADS]
+    shown = list(WorstGroup.HEADS)  # the main table's (head, rule) columns, in order
+    assert cells[2:2 + len(shown)] == [
+        f"{_metric(workdir, 'spurious_digits', 'ce_ae', 0, f'{h}/worst_group_acc'):.1f} / "
+        f"{_metric(workdir, 'spurious_digits', 'ce_ae', 0, f'{h}/avg_acc'):.1f}" for h in shown]
 
     summary = json.loads((workdir / "reports/summary.json").read_text())
     entries = [e for ds in summary.values() for m in ds.values() for e in m.values()]
@@ -165,7 +173,7 @@ def test_one_seed_bar_chart_has_no_error_bars(workdir: Path, prepared: Path) -> 
     try:
         axes = fig.axes
         assert [ax.get_title() for ax in axes] == ["digits: n = 1 (seed 0)", "spurious_digits: n = 1 (seed 0)"]
-        for ax, headline in zip(axes, ("fine_head_acc", "discovered_gdro/worst_group_acc")):
+        for ax, headline in zip(axes, ("fine_head_acc", WG_HEADLINE)):
             (bars,) = ax.containers  # a BarContainer and no ErrorbarContainer
             assert isinstance(bars, BarContainer) and bars.errorbar is None
             assert len(ax.collections) == 0 and len(ax.lines) == 0  # no error-bar segments or caps
@@ -187,7 +195,7 @@ def test_two_seeds_report_sample_std_and_paired_lift(workdir: Path, prepared: Pa
     assert "Every cell: mean ± sample std over seeds 0, 1 (n = 2)" in md
     assert "n = 1" not in md and "Train min/run" not in md
 
-    for ds, key in (("digits", "fine_head_acc"), ("spurious_digits", "discovered_gdro/worst_group_acc"),
+    for ds, key in (("digits", "fine_head_acc"), ("spurious_digits", WG_HEADLINE),
                     ("digits", "geom_uniformity")):
         for m in METHODS:
             values = [_metric(workdir, ds, m, s, key) for s in (0, 1)]
@@ -212,7 +220,7 @@ def test_two_seeds_report_sample_std_and_paired_lift(workdir: Path, prepared: Pa
     fig = bar_chart_figure(params, summary)
     try:
         for ax, ds, headline in zip(fig.axes, ("digits", "spurious_digits"),
-                                    ("fine_head_acc", "discovered_gdro/worst_group_acc")):
+                                    ("fine_head_acc", WG_HEADLINE)):
             assert ax.get_title() == f"{ds}: mean ± std over 2 seeds"
             (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
             assert bars.errorbar is not None

@@ -67,6 +67,9 @@ def test_apply_smoke_is_pure_and_shrinks_every_recipe() -> None:
     assert smoke["train"] == {**before["train"], "device": "cpu", "precision": "fp32", "compile": False}
     assert smoke["evaluate"]["head"] == {**before["evaluate"]["head"], "epochs": SMOKE_HEAD_EPOCHS}
     assert smoke["evaluate"]["knn_k"] == min(SMOKE_MAX_KNN_K, before["evaluate"]["knn_k"])
+    # GEORGE without the real datasets' UMAP (numba compilation per stage); its global settings stay.
+    assert before["evaluate"]["discovery"]["datasets"] and smoke["evaluate"]["discovery"]["datasets"] == {}
+    assert smoke["evaluate"]["discovery"]["george"] == before["evaluate"]["discovery"]["george"]
     # What runs is not apply_smoke's business (dvc.yaml expands it from params.yaml itself).
     assert (smoke["suite"], smoke["methods"]) == (before["suite"], before["methods"])
     validate(smoke)

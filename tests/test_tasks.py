@@ -6,14 +6,14 @@ from __future__ import annotations
 import ast
 import inspect
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ROOT
-from pipeline.config import DiscoveryParams, EvaluateParams, GroupDROParams
+from conftest import ROOT, repo_params
+from pipeline.config import EvaluateParams, GeorgeParams, GroupDROParams, KMeansDiscoveryParams, validate
 from pipeline.data.records import LABEL_KEYS, TASK_NAMES, TRAIN_LABEL
 from pipeline.data.registry import DATASETS
 from pipeline.tasks import (TASKS, CoarseToFine, SectionInput, WorstGroup, evaluate_embeddings, frame,
@@ -68,7 +68,7 @@ def test_one_task_object_per_task_name_with_the_data_layers_labels() -> None:
         assert task.train_label in task.label_roles
     assert {spec.task for spec in DATASETS.values()} <= set(TASKS)
     with pytest.raises(ValueError, match="no task 'regression'; known: coarse_to_fine, worst_group"):
-        evaluate_embeddings({}, "regression", EvaluateParams(probe_cs=[1.0]))
+        evaluate_embeddings({}, "regression", validate(repo_params()).evaluate)
 
 
 def test_headlines_and_their_titles() -> None:
@@ -79,7 +79,7 @@ def test_headlines_and_their_titles() -> None:
     c2f, wg = TASKS.values()
     assert c2f.headline(params) == params.report.headline
     assert c2f.metric_title(c2f.headline(params)) == "Fine acc. (reference head)"
-    assert wg.metric_title(wg.headline(params)) == "Worst-group acc., discovered groups + gDRO"
+    assert wg.metric_title(wg.headline(params)) == "Worst-group acc., GEORGE groups + gDRO"
     assert wg.preamble(params) == [] and c2f.preamble(params)[-1] == ""
 
 
@@ -129,12 +129,13 @@ def _section(task_keys: list[str], spec: Facts, references: tuple[Facts, ...]) -
     entry["lift_over_supcon"] = _entry(0.0, 0.0)
     return SectionInput(dataset="mine", spec=spec, references=references, methods={"supcon": entry},
                         describe={"supcon": "1·supcon"}, baseline="supcon", recipe="Recipe.",
-                        hardware="Trained on: here.", one_seed=[])
+                        hardware="Trained on: here.", one_seed=[], label_names={"group": {1: "5-9 / red"}})
 
 
 WG_KEYS = [f"{h}/{k}" for h in WorstGroup.HEADS for k in ("worst_group_acc", "avg_acc", "weighted_acc",
+                                                             "worst_class_acc", "balanced_acc",
                                                              "group_0_acc", "group_1_acc")]
-WG_KEYS += ["discovery/ari_within_class", "discovery/smallest_group_recall"]
+WG_KEYS += [f"{prefix}/{score}" for prefix, score in WorstGroup.DISCOVERY]
 
 
 def test_worst_group_section_reads_the_averaging_convention_and_references_from_the_dataset() -> None:
@@ -144,6 +145,11 @@ def test_worst_group_section_reads_the_averaging_convention_and_references_from_
     own = "\n".join(task.report_section(_section(WG_KEYS, published, (published,))))
     assert own.startswith("## mine: worst-group robustness\n\nRecipe. Trained on the task label y.")
     assert "| supcon | 1·supcon | 60.0 ± 1.0 / 61.0 (62.0 weighted) |" in own
+    # Every result names the rule that selected it; the all-rules table lists each (head, rule) present.
+    assert all(title in own for title in WorstGroup.HEADS.values())
+    assert "| erm | worst_class | 67.0 / 70.0 / 71.0 |" in own  # worst-group / worst-class / balanced
+    # Per-group columns under the cache's readable names where it has them.
+    assert "| Method | ERM: group 0 | ERM: 5-9 / red | GEORGE: group 0 | GEORGE: 5-9 / red |" in own
     assert ("Reference points for mine (METHOD.md section 6; some network; worst / average): ERM 1 / 2; "
             "group DRO (true groups) 3 / 4; DFR 5 / 6.") in own
 
@@ -167,16 +173,22 @@ def test_coarse_to_fine_paper_column_comes_from_the_reference_datasets() -> None
 
 
 def test_robustness_defaults_in_params_are_the_functions_defaults() -> None:
-    """The schema's defaults are today's values: a params.yaml without the new keys changes nothing."""
+    """The schema's defaults are the functions' (GEORGE's published settings, group DRO's grid)."""
+    from pipeline.evaluation.george import george_discover
     from pipeline.evaluation.grouping import discover_groups
     from pipeline.evaluation.probes import DEFAULT_CS
     from pipeline.evaluation.robustness import DEFAULT_ETAS, DEFAULT_WEIGHT_DECAYS, fit_group_dro
 
-    assert tuple(EvaluateParams(probe_cs=[1.0]).robustness_cs) == DEFAULT_CS
+    robustness_cs = next(f for f in fields(EvaluateParams) if f.name == "robustness_cs")
+    assert tuple(robustness_cs.default_factory()) == DEFAULT_CS
     dro, fit = GroupDROParams(), inspect.signature(fit_group_dro).parameters
     assert tuple(dro.etas) == DEFAULT_ETAS and tuple(dro.weight_decays) == DEFAULT_WEIGHT_DECAYS
-    assert (dro.steps, dro.lr, dro.eval_every) == (fit["steps"].default, fit["lr"].default, fit["eval_every"].default)
+    for key in ("steps", "lr", "eval_every", "adjustment"):
+        assert getattr(dro, key) == fit[key].default, key
     discover = inspect.signature(discover_groups).parameters
-    for key, value in vars(DiscoveryParams()).items():
+    for key, value in vars(KMeansDiscoveryParams()).items():
         assert discover[key].default == value, key
-    assert replace(DiscoveryParams(), k_max=3).k_max == 3
+    george, defaults = inspect.signature(george_discover).parameters, GeorgeParams("none", "gmm")
+    for key, value in vars(defaults).items():
+        if key != "reduction":  # (the function defaults to no reduction; params name it per dataset)
+            assert george[key].default == value, key

@@ -271,6 +271,38 @@ def smallest_group_recall(clusters: np.ndarray, groups: np.ndarray) -> float:
     return recalled / int(in_smallest.sum())
 
 
+def minority_identification(
+    clusters: np.ndarray, groups: np.ndarray, y: np.ndarray
+) -> tuple[float, float]:
+    """Mean precision and recall of each true minority group's best-matching cluster.
+
+    (N,) global cluster ids, true groups and classes. A minority group is every true group of
+    a class but the class's largest (ties: smaller id). Its best-matching cluster is the
+    cluster of the same class with the highest F1 against it (ties: smaller cluster id);
+    precision = |cluster and group| / |cluster|, recall = |cluster and group| / |group|.
+    Means over all minority groups; (nan, nan) when no class has two groups.
+    """
+    precisions, recalls = [], []
+    for c in np.unique(y):
+        in_class = y == c
+        ids, counts = np.unique(groups[in_class], return_counts=True)
+        for g in ids[np.arange(len(ids)) != np.argmax(counts)]:
+            member = in_class & (groups == g)
+            best = (-1.0, 0.0, 0.0)
+            for k in np.unique(clusters[in_class]):
+                cluster = in_class & (clusters == k)
+                hit = float(np.sum(member & cluster))
+                precision, recall = hit / cluster.sum(), hit / member.sum()
+                f1 = 2 * hit / (cluster.sum() + member.sum())
+                if f1 > best[0]:
+                    best = (f1, precision, recall)
+            precisions.append(best[1])
+            recalls.append(best[2])
+    if not precisions:
+        return float("nan"), float("nan")
+    return float(np.mean(precisions)), float(np.mean(recalls))
+
+
 def discovery_scores(clusters: np.ndarray, groups: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """How well (N,) global cluster ids recover (N,) true groups nested in (N,) classes ``y``.
 
@@ -279,15 +311,19 @@ def discovery_scores(clusters: np.ndarray, groups: np.ndarray, y: np.ndarray) ->
     - ``ari_within_class``: mean over classes of the ARI inside the class (0 for a class that
       has several true groups but got one cluster; 1 if both sides have a single group).
     - ``smallest_group_recall``: see :func:`smallest_group_recall`.
+    - ``minority_precision``, ``minority_recall``: see :func:`minority_identification`.
     - ``n_clusters``: number of distinct cluster ids.
     """
     n = len(clusters)
     groups = check_labels(groups, n, "groups")
     y = check_labels(y, n, "y")
     within = [adjusted_rand_score(groups[y == c], clusters[y == c]) for c in np.unique(y)]
+    precision, recall = minority_identification(clusters, groups, y)
     return {
         "ari": float(adjusted_rand_score(groups, clusters)),
         "ari_within_class": float(np.mean(within)),
         "smallest_group_recall": smallest_group_recall(clusters, groups),
+        "minority_precision": precision,
+        "minority_recall": recall,
         "n_clusters": float(len(np.unique(clusters))),
     }

@@ -72,10 +72,12 @@ def worst_group_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParams,
                         seed: int = 0) -> dict[str, float]:
     """The robustness protocol of METHOD.md section 5 on frozen embeddings of a model trained on y.
 
-    ERM (linear head), GEORGE-style discovered groups + group DRO, and the two oracles that see
-    the true training groups; keys ``{method}/{metric}``, accuracies in percent; plus the
-    sub-group discovery scores and the geometry of the test embeddings by task label. Settings
-    from ``opts``: ``robustness_cs`` (the logistic heads' C grid), ``group_dro`` and ``discovery``.
+    ERM (linear head), group DRO on GEORGE's and on k-means's discovered groups, and the two
+    oracles that see the true training groups, each under its model-selection rules; keys
+    ``{head}.{rule}/{metric}``, accuracies in percent; plus the sub-group discovery scores and the
+    geometry of the test embeddings by task label. Settings from ``opts``: ``robustness_cs`` (the
+    logistic heads' C grid), ``group_dro`` and ``discovery`` (with the dataset's own choices applied:
+    :func:`pipeline.config.evaluate_options`).
     """
     from pipeline.evaluation.robustness import evaluate_robustness
 
@@ -83,7 +85,8 @@ def worst_group_metrics(arrays: Mapping[str, np.ndarray], opts: EvaluateParams,
         return arrays[f"{split}_x"], arrays[f"{split}_y"], arrays[f"{split}_group"]
 
     raw = evaluate_robustness(triple("train"), triple("val"), triple("test"), seed=seed,
-                              discovery=asdict(opts.discovery), cs=opts.robustness_cs,
+                              george=asdict(opts.discovery.george),
+                              kmeans=asdict(opts.discovery.kmeans), cs=opts.robustness_cs,
                               **asdict(opts.group_dro))
     metrics = {k: 100.0 * v if k.endswith("_acc") else v for k, v in raw.items()}
     fine = arrays.get("test_fine")

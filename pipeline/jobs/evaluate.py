@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import paths
-from pipeline.config import Params
+from pipeline.config import Params, evaluate_options
 from pipeline.io import load_arrays, write_json
 
 
@@ -25,7 +25,7 @@ def evaluate_job(params: Params, dataset: str, method: str, seed: int) -> dict[s
     stage = paths.stage_name(params.stage_kind("evaluate", dataset, method), dataset, method, seed)
     logged = run_params(params, "evaluate", dataset, method)
     with start_run(stage, dataset, method, seed, logged) as run:
-        metrics = task.metrics(arrays, params.evaluate, seed)
+        metrics = task.metrics(arrays, evaluate_options(params, dataset), seed)
         write_json(paths.metrics_path(dataset, method, seed), metrics)
         run.log_metrics(metrics)
         _log_projections(run, arrays, task.picture_labels, f"{dataset} / {method} / seed {seed}")

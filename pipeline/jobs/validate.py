@@ -20,16 +20,19 @@ VALIDATED_TEXT = "params.yaml passed validation (pipeline/config.py)\n"
 
 def validate_job(params: Params) -> None:
     """Checks beyond the schema that ``load_params`` already ran: every name against the registry
-    that implements it (sources, backbones, augmentations), every dataset's loader options,
-    bounds that depend on a prepared dataset's size, and warnings for settings that validate but
-    are almost surely a mistake. Writes :data:`pipeline.paths.VALIDATED` when all pass."""
+    that implements it (sources, backbones, augmentations, GEORGE's reductions and clusterings),
+    every dataset's loader options, bounds that depend on a prepared dataset's size, and warnings
+    for settings that validate but are almost surely a mistake. Writes
+    :data:`pipeline.paths.VALIDATED` when all pass."""
     from pipeline.augment import RECIPES
     from pipeline.data.cache import CacheError, read_cache
     from pipeline.data.records import COARSE_TO_FINE
     from pipeline.data.registry import DATASETS, checked_options
+    from pipeline.evaluation.george import CLUSTER_METHODS, REDUCTIONS
     from pipeline.models import ENCODERS
 
-    check_names(params, backbones=ENCODERS, augmentations=RECIPES, sources=DATASETS)
+    check_names(params, backbones=ENCODERS, augmentations=RECIPES, sources=DATASETS, reductions=REDUCTIONS,
+                cluster_methods=CLUSTER_METHODS)
     for name, spec in params.datasets.items():
         checked_options(f"datasets.{name}.prepare", spec.source, spec.prepare)
     for name in params.suite_datasets:
