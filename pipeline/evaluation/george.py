@@ -56,7 +56,7 @@ from sklearn.metrics import silhouette_samples
 from sklearn.mixture import GaussianMixture
 
 from pipeline.evaluation.common import check_features, check_labels
-from pipeline.evaluation.grouping import cluster_averaged_silhouette, l2_normalise
+from pipeline.evaluation.grouping import GroupDiscovery, cluster_averaged_silhouette, l2_normalise
 
 REDUCTIONS = ("none", "umap")
 CLUSTER_METHODS = ("gmm", "kmeans")
@@ -161,6 +161,11 @@ class GeorgeClassClustering:
     n_groups: int
     group_sizes: tuple[int, ...]  # training points per local group
 
+    @property
+    def n_clusters(self) -> int:
+        """Its groups (the name :class:`grouping.GroupDiscovery` reads)."""
+        return self.n_groups
+
     def overclusters(self, zr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, p) reduced points -> ((N,) parent index, (N,) over-cluster index in its parent)."""
         parent = np.searchsorted(self.parents, _predict(self.base_model, self.parents, zr))
@@ -180,33 +185,10 @@ class GeorgeClassClustering:
 
 
 @dataclass(frozen=True)
-class GeorgeDiscovery:
-    """Per-class GEORGE clusterings; global ids follow :class:`grouping.GroupDiscovery`.
-
-    Class ``classes[i]``'s groups are ``offsets[i] .. offsets[i] + n_groups_i - 1``.
-    """
-
-    classes: np.ndarray  # (C,) sorted training labels
-    per_class: tuple[GeorgeClassClustering, ...]
-    offsets: np.ndarray  # (C,) first global id of each class
-
-    @property
-    def n_clusters(self) -> int:
-        return int(sum(c.n_groups for c in self.per_class))
-
-    def assign(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """(N, D) features and (N,) class labels -> (N,) int64 global group ids.
-
-        Points whose label is not a training class get -1.
-        """
-        x = check_features(x, "x")
-        y = check_labels(y, len(x), "y")
-        out = np.full(len(x), -1, dtype=np.int64)
-        for label, clustering, offset in zip(self.classes, self.per_class, self.offsets):
-            mask = y == label
-            if mask.any():
-                out[mask] = offset + clustering.assign(x[mask])
-        return out
+class GeorgeDiscovery(GroupDiscovery):
+    """Per-class GEORGE clusterings: :class:`grouping.GroupDiscovery`'s ids and ``assign``
+    (class ``classes[i]``'s groups are ``offsets[i] .. offsets[i] + n_groups_i - 1``; points
+    whose label is not a training class get -1), plus GEORGE's diagnostics."""
 
     def diagnostics(self) -> list[dict[str, float | int]]:
         """Per class: label, chosen k, its silhouette, kept over-clusters, groups, sizes."""
@@ -466,6 +448,4 @@ def george_discover(
         )
         for label in classes
     )
-    sizes = np.array([c.n_groups for c in per_class])
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    return GeorgeDiscovery(classes, per_class, offsets)
+    return GeorgeDiscovery.of(classes, per_class)

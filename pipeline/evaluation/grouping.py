@@ -41,6 +41,7 @@ implemented here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -95,6 +96,13 @@ class GroupDiscovery:
     classes: np.ndarray  # (C,) sorted training labels
     per_class: tuple[ClassClustering, ...]
     offsets: np.ndarray  # (C,) first global id of each class
+
+    @classmethod
+    def of(cls, classes: np.ndarray, per_class: tuple[Any, ...]) -> Any:
+        """The discovery of per-class clusterings (each with ``n_clusters`` and ``assign``),
+        global ids numbered class after class."""
+        sizes = np.array([c.n_clusters for c in per_class])
+        return cls(classes, per_class, np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
 
     @property
     def n_clusters(self) -> int:
@@ -247,9 +255,7 @@ def discover_groups(
         )
         for label in classes
     )
-    sizes = np.array([c.n_clusters for c in per_class])
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    return GroupDiscovery(classes, per_class, offsets)
+    return GroupDiscovery.of(classes, per_class)
 
 
 def smallest_group_recall(clusters: np.ndarray, groups: np.ndarray) -> float:
