@@ -15,10 +15,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Workers x torch threads never exceed the cores: `make test` runs pytest-xdist workers (one
-# file per worker at a time), and every torch process a test starts inherits this setting.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
+# Workers x threads never exceed the cores: `make test` runs pytest-xdist workers (one file per
+# worker at a time), and every torch, BLAS or OpenMP pool a test starts (in-process or in a
+# subprocess) inherits this setting. Only a worker sets it: the workers inherit the controller's
+# environment, so a value the controller set would reach them as if the user had set it (it did,
+# and two workers ran 2 threads each on 2 cores: the fast tier took 296 s instead of 178 s).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _WORKERS = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    for _pool in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_pool, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 # The longest module (the paper suite's smoke run, most of the slow tier's time) goes first, so
 # that a worker starts it at once while the others share the remaining files.

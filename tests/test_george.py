@@ -210,6 +210,7 @@ def test_assign_uses_each_class_groups_and_is_deterministic(data) -> None:
     assert d.diagnostics() == again.diagnostics()
 
 
+@pytest.mark.slow  # ~20 s of numba compilation, whatever the data size
 def test_the_umap_path_returns_valid_ids() -> None:
     pytest.importorskip("umap")
     rng = np.random.default_rng(0)

@@ -26,6 +26,10 @@ from pipeline.tasks import WorstGroup
 METHODS = ("supcon", "supcon_cnce", "ce_ae")
 
 
+# A whole tiny run per task (~15 s for digits, ~35 s for spurious digits): the slow tier.
+END_TO_END = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """download -> train -> embed -> evaluate -> report for 3 trained methods + thanos, 1 seed."""
@@ -45,6 +49,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp.undo()
 
 
+@END_TO_END
 def test_download_writes_the_prepared_cache(tiny_run: Path) -> None:
     from pipeline.data.cache import read_cache
 
@@ -55,6 +60,7 @@ def test_download_writes_the_prepared_cache(tiny_run: Path) -> None:
     assert records.splits["train"].images.shape[1:] == (1, 8, 8)
 
 
+@END_TO_END
 def test_train_writes_a_loadable_model_and_history(tiny_run: Path) -> None:
     encoder, normalize = load_encoder(tiny_run / paths.model_path("digits", "supcon", 0))
     assert not encoder.training
@@ -70,6 +76,7 @@ def test_train_writes_a_loadable_model_and_history(tiny_run: Path) -> None:
     assert all(e["seconds"] > 0 and e["images_per_s"] > 0 for e in log["epochs"])
 
 
+@END_TO_END
 def test_embed_outputs_every_split_with_labels(tiny_run: Path) -> None:
     arrays = load_arrays(tiny_run / paths.embedding_path("digits", "supcon", 0))
     for split, n in (("train", 1077), ("val", 270), ("test", 450)):
@@ -79,6 +86,7 @@ def test_embed_outputs_every_split_with_labels(tiny_run: Path) -> None:
     assert str(arrays["meta_task"]) == "coarse_to_fine"
 
 
+@END_TO_END
 def test_concat_is_the_parts_side_by_side(tiny_run: Path) -> None:
     thanos = load_arrays(tiny_run / paths.embedding_path("digits", "thanos", 0))
     a = load_arrays(tiny_run / paths.embedding_path("digits", "supcon_cnce", 0))
@@ -87,6 +95,7 @@ def test_concat_is_the_parts_side_by_side(tiny_run: Path) -> None:
     np.testing.assert_array_equal(thanos["test_fine"], a["test_fine"])
 
 
+@END_TO_END
 def test_embed_is_byte_deterministic(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same model -> same bytes, so DVC skips everything downstream of an unchanged embedding."""
     monkeypatch.chdir(tiny_run)
@@ -96,6 +105,7 @@ def test_embed_is_byte_deterministic(tiny_run: Path, monkeypatch: pytest.MonkeyP
     assert path.read_bytes() == before
 
 
+@END_TO_END
 def test_evaluate_metrics_are_what_the_probes_give(tiny_run: Path) -> None:
     from pipeline.evaluation.probes import linear_probe
 
@@ -110,6 +120,7 @@ def test_evaluate_metrics_are_what_the_probes_give(tiny_run: Path) -> None:
     assert metrics["coarse_probe_acc"] > 70.0  # 2 epochs already separate the coarse classes
 
 
+@END_TO_END
 def test_report_numbers_are_the_metrics_means(tiny_run: Path) -> None:
     summary = json.loads((tiny_run / "reports/summary.json").read_text())
     for m in (*METHODS, "thanos"):
@@ -129,6 +140,7 @@ def test_report_numbers_are_the_metrics_means(tiny_run: Path) -> None:
     assert (tiny_run / "reports/headline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@END_TO_END
 def test_a_truncated_model_file_gives_a_clear_error(tiny_run: Path, tmp_path: Path) -> None:
     data = (tiny_run / paths.model_path("digits", "supcon", 0)).read_bytes()
     bad = tmp_path / "truncated.pt"
@@ -156,6 +168,7 @@ def test_download_rejects_unknown_prepare_option(workdir: Path) -> None:
     assert not (workdir / "data").exists()
 
 
+@END_TO_END
 def test_worst_group_dataset_end_to_end(workdir: Path) -> None:
     """spurious_digits: download -> train on y -> embed -> robustness metrics -> report section."""
     p = tiny_params(epochs=2, methods=("supcon", "supcon_cnce", "ce_ae", "thanos"),
@@ -192,6 +205,7 @@ def test_worst_group_dataset_end_to_end(workdir: Path) -> None:
         - summary["spurious_digits"]["supcon"][WorstGroup.HEADLINE]["mean"], abs=1e-3)
 
 
+@END_TO_END
 def test_evaluate_runs_are_logged_with_metrics_and_pictures(tiny_run: Path) -> None:
     import mlflow
 
