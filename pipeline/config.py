@@ -76,6 +76,9 @@ class RecipeParams:
     warmup_epochs: int = constrained(0, min=0)
     views: int = constrained(2, min=2)
     decoder_width: int = constrained(64, min=1)
+    # null (random initialisation) or a name of pipeline.models.PRETRAINED that has weights for
+    # this backbone (check_names), e.g. imagenet: torchvision's ImageNet weights for resnet18 / 50.
+    pretrained: str | None = None
 
 
 @dataclass(frozen=True)
@@ -351,9 +354,6 @@ def validate(data: object) -> Params:
                           f"{robust.datasets}; name the methods to run on them")
     if len(set(params.suite.seeds)) != len(params.suite.seeds):
         raise ParamsError(f"suite.seeds: seeds must be distinct, got {params.suite.seeds}")
-    for name, weights in params.methods.trained.items():
-        if not weights.active():
-            raise ParamsError(f"methods.trained.{name}: every weight is 0; at least one must be > 0")
     clash = set(params.methods.trained) & set(params.methods.concat)
     if clash:
         raise ParamsError(f"methods.concat: {sorted(clash)} also defined under methods.trained")
@@ -442,7 +442,8 @@ def _check_choice(key: str, value: str, registry: Collection[str]) -> None:
 def check_names(params: Params, *, backbones: Collection[str] | None = None,
                 augmentations: Collection[str] | None = None, sources: Collection[str] | None = None,
                 datasets: Collection[str] | None = None, reductions: Collection[str] | None = None,
-                cluster_methods: Collection[str] | None = None) -> None:
+                cluster_methods: Collection[str] | None = None,
+                pretrained: Mapping[str, Collection[str]] | None = None) -> None:
     """The names of ``datasets`` (default: every entry of params.datasets) against the registries
     given (a :class:`ParamsError` naming the key, with a did-you-mean). The registries are passed
     in, so this module imports none of the code that implements them."""
@@ -453,6 +454,13 @@ def check_names(params: Params, *, backbones: Collection[str] | None = None,
                                      (f"datasets.{name}.recipe.augment", spec.recipe.augment, augmentations)):
             if registry is not None:
                 _check_choice(key, value, registry)
+        if pretrained is not None and spec.recipe.pretrained is not None:
+            key = f"datasets.{name}.recipe.pretrained"
+            _check_choice(key, spec.recipe.pretrained, pretrained)
+            if spec.recipe.backbone not in pretrained[spec.recipe.pretrained]:
+                raise ParamsError(f"{key}: {spec.recipe.pretrained!r} weights exist for "
+                                  f"{', '.join(pretrained[spec.recipe.pretrained])}, not for the backbone "
+                                  f"{spec.recipe.backbone!r}; use one of those, or pretrained: null")
     discovery = params.evaluate.discovery
     for where, choices in (("george", discovery.george),
                            *((f"datasets.{name}", c) for name, c in discovery.datasets.items())):

@@ -1,4 +1,5 @@
-"""File digests: the one md5 helper of the project (dataset checksums, fabricated copies, DVC outputs).
+"""File digests: md5 (dataset checksums, fabricated copies, DVC outputs) and sha256 (the prepared
+cache, pretrained weights files), the project's only file hashers.
 
 Imports nothing from the project, so any module may use it.
 """
@@ -21,4 +22,16 @@ def file_md5(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["file_md5"]
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks into one buffer (memory stays flat for
+    huge files): what the prepared cache records and torchvision's weights file names carry."""
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+__all__ = ["file_md5", "file_sha256"]

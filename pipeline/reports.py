@@ -160,10 +160,14 @@ def _one_seed_line(params: Params) -> list[str]:
             ""]
 
 
-def _describe(params: Params, method: str) -> str:
+def _describe(params: Params, method: str, dataset: str) -> str:
     if params.is_concat(method):
         return "concat[" + ", ".join(params.methods.concat[method]) + "]"
-    return " + ".join(f"{w:g}·{t}" for t, w in params.methods.trained[method].active().items())
+    active = params.methods.trained[method].active()
+    if not active:  # every weight 0: the initial encoder, never trained
+        start = params.datasets[dataset].recipe.pretrained
+        return f"untrained: frozen {start} weights" if start else "untrained: frozen random initialisation"
+    return " + ".join(f"{w:g}·{t}" for t, w in active.items())
 
 
 def dataset_section(params: Params, dataset: str) -> list[str]:
@@ -217,7 +221,8 @@ def _hardware_line(params: Params, ds: str) -> str:
 
 def _recipe_line(params: Params, ds: str) -> str:
     r = params.datasets[ds].recipe
-    return (f"Backbone `{r.backbone}`, {r.epochs} epochs, batch {r.batch_size} x {r.views} views, AdamW lr "
+    start = f" from `{r.pretrained}` weights" if r.pretrained else ""
+    return (f"Backbone `{r.backbone}`{start}, {r.epochs} epochs, batch {r.batch_size} x {r.views} views, AdamW lr "
             f"{r.lr:g}, weight decay {r.weight_decay:g}, temperature {params.train.temperature:g}, "
             f"augmentation `{r.augment}`.")
 
@@ -233,7 +238,7 @@ def _section_input(params: Params, ds: str, methods: dict[str, Any]) -> SectionI
         spec=DATASETS[params.datasets[ds].source],
         references=tuple(s for s in DATASETS.values() if s.task == task.name and s.reference),
         methods=methods,
-        describe={m: _describe(params, m) for m in methods},
+        describe={m: _describe(params, m, ds) for m in methods},
         baseline=params.report.baseline,
         recipe=_recipe_line(params, ds),
         hardware=_hardware_line(params, ds),

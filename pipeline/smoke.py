@@ -53,6 +53,8 @@ def apply_smoke(data: Mapping[str, Any]) -> dict[str, Any]:
 
     - every recipe: ``epochs`` 1, ``batch_size`` at most 16, ``warmup_epochs`` 0, decoder
       width at most 8; the backbone and augmentation stay, so every model's code path runs;
+      ``pretrained`` null (random initialisation: the weights cannot be downloaded offline, and
+      ImageNet weights need the ImageNet stem, which 16 px images do not get);
     - the ``prepare`` options of datasets with a fabricated copy: ``SMOKE_PREPARE`` (50%
       validation splits that fit the tiny copies, 16 px images for the JPEG datasets);
     - ``evaluate.head.epochs`` 2, ``evaluate.knn_k`` at most 10; GEORGE's per-dataset choices
@@ -72,6 +74,8 @@ def apply_smoke(data: Mapping[str, Any]) -> dict[str, Any]:
             _shrink(recipe, "warmup_epochs", 0)
             recipe.setdefault("decoder_width", SMOKE_DECODER_WIDTH)  # its default (64) is not small
             _shrink(recipe, "decoder_width", SMOKE_DECODER_WIDTH)
+            if recipe.get("pretrained") is not None:
+                recipe["pretrained"] = None  # no download offline, and 16 px images take the CIFAR stem
         source = entry.get("source")
         if isinstance(source, str) and source in SMOKE_PREPARE:
             prepare = entry.get("prepare")

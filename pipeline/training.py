@@ -64,6 +64,7 @@ from pipeline.formats import MODEL_FORMAT, RESUME_FORMAT
 from pipeline.losses import TERMS as CONTRASTIVE_TERMS
 from pipeline.losses import contrastive_losses
 from pipeline.models import build_decoder, build_encoder
+from pipeline.models.pretrained import PretrainedWeights, apply_pretrained
 
 
 
@@ -247,8 +248,9 @@ class _Session:
 
 
 def _setup(records: Records, dataset: DatasetParams, weights: LossWeights, opts: TrainParams,
-           seed: int) -> _Session:
-    """Device, resident data, augmentation, model, optimiser and schedule of one run."""
+           seed: int, init: PretrainedWeights | None = None) -> _Session:
+    """Device, resident data, augmentation, model (from ``init`` if given), optimiser and schedule
+    of one run."""
     recipe = dataset.recipe
     device = select_device(opts.device)
     world, rank = distributed.world_size(), distributed.rank()
@@ -264,10 +266,14 @@ def _setup(records: Records, dataset: DatasetParams, weights: LossWeights, opts:
     n_classes = len(records.class_names.get(records.train_label, [])) or int(labels.max()) + 1
     c, h, _ = records.image_shape
 
-    mean, std = channel_stats(images)
+    encoder = build_encoder(recipe.backbone, c, h)
+    if init is None:
+        mean, std = channel_stats(images)
+    else:  # the weights' own input statistics: the features they learnt expect that input
+        apply_pretrained(encoder, init)
+        mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (init.mean, init.std))
     augment = BatchAugment(recipe.augment, c, h, mean, std).to(device)
-    learner = Learner(build_encoder(recipe.backbone, c, h), n_classes, weights, records.image_shape,
-                      recipe.decoder_width).to(device)
+    learner = Learner(encoder, n_classes, weights, records.image_shape, recipe.decoder_width).to(device)
     if device.type == "cuda":
         learner = learner.to(memory_format=torch.channels_last)
 
@@ -383,8 +389,14 @@ def train(
     code: CodeVersion | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
+    init: PretrainedWeights | None = None,
 ) -> TrainOutcome:
     """Train an encoder on ``records``' training split with the loss ``weights``.
+
+    ``init``: pretrained weights to start from (:mod:`pipeline.models.pretrained`), with their
+    input normalisation; otherwise a random initialisation and the training images' statistics.
+    Every weight 0 (nothing to optimise) trains nothing: the initial encoder is exported, frozen,
+    with an empty history (the untrained baseline).
 
     ``resume_path``: where resume checkpoints go; one written with the same settings (and the
     same ``code``, see :func:`pipeline.provenance.code_fingerprint`) is resumed. ``on_epoch``
@@ -392,7 +404,7 @@ def train(
     history holds the same records without the timings.
     """
     recipe = dataset.recipe
-    run = _setup(records, dataset, weights, opts, seed)
+    run = _setup(records, dataset, weights, opts, seed, init)
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume_path is not None and (state := _load_resume(resume_path, run.key, code)) is not None:
@@ -407,7 +419,8 @@ def train(
     if opts.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
-    bar = tqdm(range(start_epoch, recipe.epochs), initial=start_epoch, total=recipe.epochs,
+    epochs = recipe.epochs if weights.active() else 0
+    bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs,
                desc=f"{records.name} seed {seed}", disable=not progress or run.rank != 0, leave=False)
     for epoch in bar:
         record = _epoch(run, model, epoch, recipe, weights, opts, seed)
@@ -416,6 +429,6 @@ def train(
         if on_epoch is not None:
             on_epoch(record)
         done = epoch + 1
-        if resume_path is not None and run.rank == 0 and done % opts.checkpoint_every == 0 and done < recipe.epochs:
+        if resume_path is not None and run.rank == 0 and done % opts.checkpoint_every == 0 and done < epochs:
             _checkpoint(run, resume_path, done, history, code)
     return TrainOutcome(model=_export(run, records, recipe.backbone), history=history)

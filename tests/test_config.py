@@ -42,10 +42,30 @@ def test_missing_weight_key_and_null_weight() -> None:
     assert "methods.trained.supcon.recon: missing value" in msg
 
 
-def test_all_zero_weights() -> None:
-    zero = {"ce": 0.0, "supcon": 0.0, "cnce": 0.0, "simclr": 0.0, "recon": 0.0}
-    msg = _error(lambda p: p["methods"]["trained"].update(nothing=zero))
-    assert "methods.trained.nothing: every weight is 0" in msg
+def test_all_zero_weights_is_the_untrained_baseline() -> None:
+    """Every weight 0 is allowed: the encoder as initialised, frozen (no loss to optimise)."""
+    p = repo_params()
+    p["methods"]["trained"]["untrained"] = {"ce": 0.0, "supcon": 0.0, "cnce": 0.0, "simclr": 0.0, "recon": 0.0}
+    assert validate(p).methods.trained["untrained"].active() == {}
+
+
+def test_pretrained_weights_are_checked_against_the_registry_and_the_backbone() -> None:
+    from pipeline.config import check_names
+    from pipeline.models import PRETRAINED
+
+    def with_pretrained(name: str, backbone: str = "resnet50"):
+        p = repo_params()
+        p["datasets"]["waterbirds"]["recipe"].update(pretrained=name, backbone=backbone)
+        return validate(p)
+
+    check_names(with_pretrained("imagenet"), pretrained=PRETRAINED, datasets=["waterbirds"])  # no error
+    with pytest.raises(ParamsError) as info:
+        check_names(with_pretrained("imagenett"), pretrained=PRETRAINED, datasets=["waterbirds"])
+    assert "datasets.waterbirds.recipe.pretrained: 'imagenett' is not allowed (did you mean 'imagenet'?)" in str(info.value)
+    with pytest.raises(ParamsError) as info:
+        check_names(with_pretrained("imagenet", "vit"), pretrained=PRETRAINED, datasets=["waterbirds"])
+    assert ("datasets.waterbirds.recipe.pretrained: 'imagenet' weights exist for resnet18, resnet50, "
+            "not for the backbone 'vit'") in str(info.value)
 
 
 def test_concat_of_unknown_method() -> None:
@@ -76,7 +96,7 @@ def test_robustness_grid_runs_only_its_chosen_methods() -> None:
     params = load_params(ROOT / "params.yaml")
     assert params.suite_datasets == [*params.suite.datasets, *params.suite.robustness.datasets]
     robust = params.suite.robustness.datasets[0]
-    assert params.methods_for(robust) == ["supcon", "supcon_cnce", "ce_ae", "thanos"]
+    assert params.methods_for(robust) == ["supcon", "supcon_cnce", "ce_ae", "untrained", "thanos"]
     assert params.methods_for("digits") == params.method_names
     assert params.stage_kind("train", "digits", "supcon") == "train"
     assert params.stage_kind("evaluate", "digits", "thanos") == "evaluate_concat"

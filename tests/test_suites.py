@@ -59,8 +59,11 @@ def test_apply_smoke_is_pure_and_shrinks_every_recipe() -> None:
         assert recipe["decoder_width"] == min(SMOKE_DECODER_WIDTH, original.get("decoder_width", 64))
         # The model and augmentation code paths stay those of the real recipe.
         assert (recipe["backbone"], recipe["augment"]) == (original["backbone"], original["augment"])
+        # No weights to download offline (and 16 px images take the CIFAR stem): random initialisation.
+        assert recipe.get("pretrained") is None
         expected_prepare = {**before["datasets"][name].get("prepare", {}), **SMOKE_PREPARE.get(entry["source"], {})}
         assert entry["prepare"] == expected_prepare
+    assert {n for n, e in before["datasets"].items() if e["recipe"].get("pretrained")} == {"waterbirds", "celeba"}
     # The embedded datasets are loaded as usual: their prepare options do not change.
     for name in ("digits", "spurious_digits"):
         assert smoke["datasets"][name]["prepare"] == before["datasets"][name]["prepare"]
@@ -131,9 +134,14 @@ def test_paper_overrides_select_the_paper_suite(tmp_path: Path) -> None:
     params = load_params(_applied(tmp_path, overrides("paper")))
     assert params.suite.datasets == PAPER_DATASETS
     assert params.suite.robustness.datasets == ROBUST_DATASETS
-    assert params.suite.robustness.trained == ["supcon", "supcon_cnce", "ce_ae"]
+    assert params.suite.robustness.trained == ["untrained", "supcon", "supcon_cnce", "ce_ae"]
     assert params.suite.robustness.concat == ["thanos"]
     assert params.suite.seeds == [0, 1, 2] and params.suite.smoke is False
+    # Waterbirds and CelebA start from ImageNet's ResNet-50, as every published anchor does.
+    for name in ROBUST_DATASETS:
+        recipe = params.datasets[name].recipe
+        assert (recipe.backbone, recipe.pretrained) == ("resnet50", "imagenet")
+        assert params.datasets[name].prepare["resolution"] == 224
     assert (params.train.device, params.train.precision, params.train.compile) == ("cuda", "bf16", True)
     assert params.method_names == load_params(ROOT / "params.yaml").method_names  # every method
     # DVC rewrites the file, but keeps its comments.
@@ -169,7 +177,7 @@ def test_paper_run_does_not_depend_on_what_a_smoke_run_left(tmp_path: Path) -> N
 def test_dropped_methods_names_a_kept_method_that_does_not_exist() -> None:
     methods = repo_params()["methods"]
     assert dropped_methods(["supcon", "supcon_cnce", "ce_ae", "thanos"], methods) == [
-        "~methods.trained.ce", "~methods.trained.simclr", "~methods.trained.supcon_simclr",
+        "~methods.trained.ce", "~methods.trained.simclr", "~methods.trained.supcon_simclr", "~methods.trained.untrained",
         "~methods.concat.supcon_ae"]
     with pytest.raises(ValueError, match="supcon_typo"):
         dropped_methods(["supcon_typo"], methods)

@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline.data.records import SPLITS, Records, Split
 from pipeline.errors import StageError
+from pipeline.hashing import file_sha256
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +46,6 @@ FORMAT = 2
 MARKER = "COMPLETE"
 META = "meta.json"
 HASH = "sha256"
-_CHUNK = 1 << 22  # bytes per read when hashing (a CelebA cache at 224 px is ~30 GB)
 
 
 class CacheError(StageError):
@@ -74,17 +74,6 @@ def rebuild_hint(dataset: str) -> str:
 def _normalise(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as they round-trip through JSON (tuples become lists, paths strings)."""
     return json.loads(json.dumps(dict(params), default=str))
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of the file at ``path``, read in chunks (memory stays flat for huge files)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def _file_record(path: Path) -> dict[str, Any]:

@@ -37,14 +37,18 @@ def train_job(params: Params, dataset: str, method: str, seed: int, *, progress:
     from pipeline.training import TIMING_KEYS, stalled_loss, train
 
     from pipeline.augment import RECIPES
-    from pipeline.models import ENCODERS
+    from pipeline.models import ENCODERS, PRETRAINED
+    from pipeline.models.pretrained import load_pretrained
 
     params.check_dataset(dataset)
     params.check_trained(method)
-    check_names(params, backbones=ENCODERS, augmentations=RECIPES, datasets=[dataset])
+    check_names(params, backbones=ENCODERS, augmentations=RECIPES, datasets=[dataset], pretrained=PRETRAINED)
     ds_params = params.datasets[dataset]
     weights = params.methods.trained[method]
     records = load_prepared(dataset, ds_params)
+    init = None
+    if ds_params.recipe.pretrained is not None:  # fetched (or found) and hash-checked before any work
+        init = load_pretrained(ds_params.recipe.pretrained, ds_params.recipe.backbone, params.data.raw_root)
     stage = paths.stage_name(params.stage_kind("train", dataset, method), dataset, method, seed)
     logged = run_params(params, "train", dataset, method)
     timings: list[dict[str, float]] = []
@@ -66,7 +70,7 @@ def train_job(params: Params, dataset: str, method: str, seed: int, *, progress:
         with tracked as run:
             outcome = train(records, ds_params, weights, params.train, seed,
                             resume_path=paths.resume_path(dataset, method, seed),
-                            code=code_fingerprint(TRAIN_ENTRY), on_epoch=on_epoch, progress=progress)
+                            code=code_fingerprint(TRAIN_ENTRY), on_epoch=on_epoch, progress=progress, init=init)
             if not main:
                 return
             stalled = stalled_loss(outcome.history)
@@ -83,7 +87,8 @@ def train_job(params: Params, dataset: str, method: str, seed: int, *, progress:
             # Timings are a log, not an output: rewritten on every run, never read by a stage.
             write_json(paths.train_log_path(dataset, method, seed),
                        {"stage": stage, "hardware": model["hardware"], "epochs": timings})
-            run.log_metrics({f"final/{k}": v for k, v in outcome.history[-1].items() if k.startswith("loss/")})
-            run.log_figure(loss_curve_figure(outcome.history, f"{dataset} / {method} / seed {seed}"),
-                           "loss_curve.png")
+            if outcome.history:  # (empty for the untrained baseline: every weight 0)
+                run.log_metrics({f"final/{k}": v for k, v in outcome.history[-1].items() if k.startswith("loss/")})
+                run.log_figure(loss_curve_figure(outcome.history, f"{dataset} / {method} / seed {seed}"),
+                               "loss_curve.png")
         paths.resume_path(dataset, method, seed).unlink(missing_ok=True)

@@ -29,10 +29,10 @@ def validate_job(params: Params) -> None:
     from pipeline.data.records import COARSE_TO_FINE
     from pipeline.data.registry import DATASETS, checked_options
     from pipeline.evaluation.george import CLUSTER_METHODS, REDUCTIONS
-    from pipeline.models import ENCODERS
+    from pipeline.models import ENCODERS, PRETRAINED
 
     check_names(params, backbones=ENCODERS, augmentations=RECIPES, sources=DATASETS, reductions=REDUCTIONS,
-                cluster_methods=CLUSTER_METHODS)
+                cluster_methods=CLUSTER_METHODS, pretrained=PRETRAINED)
     for name, spec in params.datasets.items():
         checked_options(f"datasets.{name}.prepare", spec.source, spec.prepare)
     for name in params.suite_datasets:

@@ -49,6 +49,15 @@ ENCODERS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
+# Pretrained weights (``recipe.pretrained``): name -> {backbone: torchvision weights enum}; null
+# (the default) trains from random initialisation. torchvision's IMAGENET1K_V1 is what
+# ``pretrained=True`` gave, the start of every published worst-group anchor (group DRO, GEORGE, JTT,
+# DFR). pipeline/models/pretrained.py fetches, verifies and loads them.
+PRETRAINED: dict[str, dict[str, str]] = {
+    "imagenet": {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"},
+}
+
+
 def build_encoder(name: str, in_channels: int, image_size: int) -> nn.Module:
     """An encoder from its ``recipe.backbone`` name."""
     if name not in ENCODERS:
