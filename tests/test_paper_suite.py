@@ -1,7 +1,7 @@
 """The paper suite's smoke mode, for real: `python -m stages.suite paper --smoke` (what `make paper
 SMOKE=1` runs) in a scratch copy of the project, and the fabricated datasets it prepares.
 
-The end-to-end test takes about 9 minutes on 2 CPU cores: each of its 92 DVC stages spends ~5 s
+The end-to-end test takes about 9 minutes on 2 CPU cores: each of its 73 DVC stages spends ~5 s
 importing torch, MLflow, scikit-learn and matplotlib, whatever its (tiny) data.
 """
 

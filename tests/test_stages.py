@@ -171,14 +171,16 @@ def test_download_rejects_unknown_prepare_option(workdir: Path) -> None:
 @END_TO_END
 def test_worst_group_dataset_end_to_end(workdir: Path) -> None:
     """spurious_digits: download -> train on y -> embed -> robustness metrics -> report section."""
-    p = tiny_params(epochs=2, methods=("supcon", "supcon_cnce", "ce_ae", "thanos"),
+    p = tiny_params(epochs=2, methods=("untrained", "supcon", "supcon_cnce", "ce_ae", "thanos"),
                     robustness=("spurious_digits",))
     p["suite"]["datasets"] = []
     params = validate(p)
     download_job(params, "spurious_digits")
-    for m in ("supcon", "supcon_cnce", "ce_ae"):
+    for m in ("untrained", "supcon", "supcon_cnce", "ce_ae"):
         train_job(params, "spurious_digits", m, 0, progress=False)
-    for m in ("supcon", "supcon_cnce", "ce_ae", "thanos"):
+    # The untrained baseline: a model file and an empty history, no epochs.
+    assert json.loads((workdir / paths.history_path("spurious_digits", "untrained", 0)).read_text()) == []
+    for m in ("untrained", "supcon", "supcon_cnce", "ce_ae", "thanos"):
         embed_job(params, "spurious_digits", m, 0)
     arrays = load_arrays(workdir / paths.embedding_path("spurious_digits", "thanos", 0))
     assert arrays["train_x"].shape == (1077, 256) and str(arrays["meta_task"]) == "worst_group"
@@ -192,10 +194,11 @@ def test_worst_group_dataset_end_to_end(workdir: Path) -> None:
     for prefix in ("discovery", "discovery_kmeans"):
         assert -1.0 <= metrics[f"{prefix}/ari"] <= 1.0
         assert 0.0 <= metrics[f"{prefix}/minority_recall"] <= 1.0
-    for m in ("supcon", "supcon_cnce", "ce_ae"):
+    for m in ("untrained", "supcon", "supcon_cnce", "ce_ae"):
         evaluate_job(params, "spurious_digits", m, 0)
     report_job(params)
     md = (workdir / "reports/results.md").read_text()
+    assert "| untrained | untrained: frozen random initialisation |" in md
     assert "## spurious_digits: worst-group robustness" in md
     assert "| thanos | concat[supcon_cnce, ce_ae] |" in md
     assert "Published reference points" in md and "Trained on: CPU" in md
