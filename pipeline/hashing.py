@@ -12,26 +12,27 @@ from pathlib import Path
 CHUNK = 1 << 20
 
 
-def file_md5(path: str | Path) -> str:
-    """Hex md5 of a file's bytes, read in 1 MiB chunks: the digest publishers list for a download
-    and ``dvc.lock`` records for a file output."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks into one buffer (memory stays flat for
-    huge files): what the prepared cache records and torchvision's weights file names carry."""
-    digest = hashlib.sha256()
+def _file_digest(path: str | Path, digest: "hashlib._Hash") -> str:
+    """Hex ``digest`` of a file's bytes, read in CHUNK-sized pieces into one buffer (memory stays
+    flat for huge files)."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+def file_md5(path: str | Path) -> str:
+    """Hex md5 of a file's bytes: the digest publishers list for a download and ``dvc.lock``
+    records for a file output."""
+    return _file_digest(path, hashlib.md5(usedforsecurity=False))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes: what the prepared cache records and torchvision's weights
+    file names carry."""
+    return _file_digest(path, hashlib.sha256())
 
 
 __all__ = ["file_md5", "file_sha256"]

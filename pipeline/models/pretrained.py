@@ -84,10 +84,8 @@ def weights_path(root: str | Path, source: WeightsSource) -> Path:
     return Path(root) / "pretrained" / source.filename
 
 
-def fetch_weights(source: WeightsSource, path: Path) -> Path:
-    """``path``, downloading ``source.url`` there first if it is absent (hash-checked on the way)."""
-    if path.exists():
-        return path
+def download_weights(source: WeightsSource, path: Path) -> None:
+    """Download ``source.url`` to ``path``, hash-checked on the way (nothing is left on a mismatch)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # Writes a temporary file beside ``path`` and moves it there only if the hash matches.
@@ -96,7 +94,6 @@ def fetch_weights(source: WeightsSource, path: Path) -> Path:
         raise PretrainedWeightsError(
             f"{path}: not found, and downloading {source.url} failed ({type(err).__name__}: {err}); "
             f"on a machine without internet, download that URL elsewhere and place the file at {path}") from None
-    return path
 
 
 def verify_weights(path: Path, source: WeightsSource) -> None:
@@ -112,8 +109,11 @@ def verify_weights(path: Path, source: WeightsSource) -> None:
 def load_pretrained(name: str, backbone: str, root: str | Path) -> PretrainedWeights:
     """The verified ``name`` weights of ``backbone``, fetched into ``<root>/pretrained/`` if needed."""
     source = weights_source(name, backbone)
-    path = fetch_weights(source, weights_path(root, source))
-    verify_weights(path, source)
+    path = weights_path(root, source)
+    if path.exists():  # placed by hand or downloaded earlier: check it at every use
+        verify_weights(path, source)
+    else:  # the downloader checks the same hash prefix before it moves the file into place
+        download_weights(source, path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
