@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-fast ui clean-runs
+.PHONY: install repro test test-fast ui ui-screenshots clean-runs
 
 install: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
+# The pipeline's independent stages run concurrently on a Dask LocalCluster (pipeline/parallel.py):
+# one worker per core (per GPU on a GPU node), each stage with cores // workers threads; DVC stays
+# the record (dvc.lock as `dvc repro` writes it). WORKERS=1 runs one stage at a time.
+WORKERS ?=
+
 repro: $(STAMP)
-	$(BIN)/dvc repro
+	$(BIN)/python -m pipeline.parallel $(if $(WORKERS),--workers $(WORKERS))
 
 # pytest-xdist: one test file per worker at a time (module fixtures set up once), the files in
 # collection order (tests/conftest.py puts the paper smoke run first); TEST_WORKERS=1 runs serially.
@@ -32,8 +37,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest $(XDIST) -m "not slow"
 
+# The MLflow UI, light (one web worker, no background job runner), on 127.0.0.1 only; prints a link
+# per experiment that opens its runs table with the headline metric shown (pipeline/ui.py).
+# UI_PORT=5001 for another port; `make ui-screenshots` saves the runs table and compare view as PNGs.
+UI_PORT ?= 5000
+
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+	$(BIN)/python -m pipeline.ui serve --store sqlite:///$(abspath mlflow.db) --port $(UI_PORT)
+
+ui-screenshots: $(STAMP)
+	$(BIN)/python -m pipeline.ui screenshots --store sqlite:///$(abspath mlflow.db) --out reports/ui
 
 # The paper suite (docs/paper_suite.md) as one DVC experiment: `make paper` on a CUDA machine;
 # `make paper SMOKE=1` runs its whole wiring on tiny fabricated data on a CPU in minutes.

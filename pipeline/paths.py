@@ -4,7 +4,8 @@ data/prepared/<dataset>/                              download   (prepared uint8
 artifacts/<dataset>/seed<k>/models/<method>.pt        train      (encoder + metadata)
 artifacts/<dataset>/seed<k>/history/<method>.json     train      (per-epoch losses; DVC plots)
 artifacts/<dataset>/seed<k>/embeddings/<method>.npz   embed      (frozen embeddings + labels)
-artifacts/<dataset>/seed<k>/metrics/<method>.json     evaluate   (DVC metrics)
+artifacts/<dataset>/seed<k>/metrics/<method>.json     evaluate   (metrics; git-tracked)
+artifacts/<dataset>/seed<k>/predictions/<method>.npz  evaluate   (per test image: the headline's correct flags)
 resume/<dataset>/seed<k>/<method>.pt                   train      (resume state; not a DVC output)
 logs/<dataset>/seed<k>/train/<method>.json            train      (timings; not a DVC output)
 reports/                                              report
@@ -22,6 +23,8 @@ LOGS = Path("logs")
 # The validate stage's output: constant bytes, so that passing validation reruns nothing.
 VALIDATED = ARTIFACTS / "params.validated"
 REPORTS = Path("reports")
+# What the report stage's MLflow run carries as artifacts (files or folders under reports/).
+REPORT_ARTIFACTS = ("results.md", "headline.png", "projections", "history")
 
 
 def prepared_path(dataset: str) -> Path:
@@ -51,6 +54,11 @@ def embedding_path(dataset: str, method: str, seed: int) -> Path:
 
 def metrics_path(dataset: str, method: str, seed: int) -> Path:
     return run_dir(dataset, seed) / "metrics" / f"{method}.json"
+
+
+def predictions_path(dataset: str, method: str, seed: int) -> Path:
+    """Per test image results of the evaluate stage (the report's bootstrap over test images)."""
+    return run_dir(dataset, seed) / "predictions" / f"{method}.npz"
 
 
 def resume_path(dataset: str, method: str, seed: int) -> Path:

@@ -1,9 +1,18 @@
-"""The compiled comparison: reports/results.md, a bar chart, and summary.json for `dvc metrics`.
+"""The compiled comparison: reports/results.md, its figures, and the compact summary `dvc metrics` prints.
 
 Every number is a mean ± sample standard deviation over the suite's seeds; a lift is the
-mean of per-seed differences to the baseline method (paired by seed), with their std. With one
-seed (n = 1) a standard deviation is undefined: summary.json stores ``"std": null`` and the
-report and the bar chart show the single value, with no ± and no error bar.
+mean of per-seed differences of the headline metric to the baseline method (paired by seed),
+with two 95 % intervals (:mod:`pipeline.intervals`): a t interval of the per-seed differences,
+and a paired bootstrap over test images within each seed (from the evaluate stage's per-image
+files). A lift counts as different from 0 only when both intervals exclude 0; otherwise the
+report marks it "n.s." and ranks it nowhere. With one seed (n = 1) a standard deviation and the
+t interval are undefined: summary.json stores ``null`` and the report shows no ± and "—".
+
+Outputs: reports/results.md; reports/summary.json, per dataset and method only the headline
+(mean, std, n) and the lift with its intervals (:func:`compact_summary`); the same rows as one
+file each, reports/metrics/<dataset>/<method>.json, the files `dvc metrics show` prints (one row
+per file, so a row per method); figures reports/headline.png, reports/projections/<dataset>.png
+and reports/history/<dataset>.png (images, so that `dvc plots show` needs no script).
 
 The report is a DVC output and a function of its inputs only (metrics, embeddings, model files,
 prepared-cache metadata, params): nothing measured at run time, such as training wall-clock,
@@ -28,6 +37,7 @@ from pipeline.config import Params
 from pipeline.data.records import SPLITS
 from pipeline.errors import OutputFileError
 from pipeline.formats import MODEL_FORMAT
+from pipeline.intervals import N_RESAMPLES, Statistic, distinguishable, paired_bootstrap_interval, t_interval
 from pipeline.io import atomic_write, load_arrays, read_json, write_json, write_text
 from pipeline.tasks import TASKS, SectionInput, Task, frame, markdown_table
 
@@ -125,24 +135,114 @@ def collect(params: Params) -> dict[str, dict[str, list[dict[str, float]]]]:
     return runs
 
 
-def summarise(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str,
-              headlines: dict[str, str]) -> dict[str, Any]:
-    """{dataset: {method: {metric: {mean, std, n}}, with lift_over_<baseline> of its headline}}.
+def headline_statistics(params: Params, runs: dict[str, dict[str, list[dict[str, float]]]]
+                        ) -> dict[str, dict[str, list[tuple[Statistic, int]]]]:
+    """{dataset: {method: [(headline statistic over test images, N test images) per seed]}}.
+
+    Read from the evaluate stage's per-image files; each must give, on all its images, the
+    headline of the metrics file beside it (else the two are from different runs), and a
+    method must have as many test images as the baseline on the same seed (the bootstrap pairs them).
+    """
+    out: dict[str, dict[str, list[tuple[Statistic, int]]]] = {}
+    for ds, methods in runs.items():
+        task, headline = task_of(params, ds), headline_of(params, ds)
+        out[ds] = {}
+        for m, seeds in methods.items():
+            out[ds][m] = []
+            for s, metrics in zip(params.suite.seeds, seeds):
+                path = paths.predictions_path(ds, m, s)
+                stage = paths.stage_name(params.stage_kind("evaluate", ds, m), ds, m, s)
+                arrays = _read_input(path, stage, load_arrays)
+                sizes = {len(np.atleast_1d(a)) for a in arrays.values()}
+                try:
+                    if len(sizes) != 1:
+                        raise ValueError(f"arrays of different lengths {sorted(sizes)}")
+                    statistic, n = task.headline_statistic(arrays, headline), sizes.pop()
+                    value = float(statistic(np.arange(n)))
+                except (KeyError, ValueError) as err:
+                    raise OutputFileError(f"{path}: not a per-image file of this harness for {headline!r} "
+                                          f"({type(err).__name__}: {err}); delete it and {_rerun(stage)}") from None
+                if abs(value - metrics[headline]) > 1e-6:
+                    raise OutputFileError(
+                        f"{path}: gives {headline} = {value:.4f}, its metrics file {paths.metrics_path(ds, m, s)} "
+                        f"{metrics[headline]:.4f} (written by different runs); {_rerun(stage)}")
+                out[ds][m].append((statistic, n))
+    for ds, methods in out.items():
+        for m, per_seed in methods.items():
+            first = next(iter(methods.values()))
+            for s, (_, n), (_, n0) in zip(params.suite.seeds, per_seed, first):
+                if n != n0:
+                    stage = paths.stage_name(params.stage_kind("evaluate", ds, m), ds, m, s)
+                    raise OutputFileError(f"{paths.predictions_path(ds, m, s)}: {n} test images, "
+                                          f"{paths.predictions_path(ds, next(iter(methods)), s)} {n0} (another "
+                                          f"version of the dataset?); {_rerun(stage)}")
+    return out
+
+
+def lifts(runs: dict[str, dict[str, list[dict[str, float]]]], statistics: dict[str, dict[str, list[tuple[Statistic, int]]]],
+          baseline: str, headlines: dict[str, str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{dataset: {method: lift}} of each method but the baseline: {mean, std, n, t95, boot95,
+    distinguishable}, t95 / boot95 a [low, high] 95 % interval (t95 None for one seed).
 
     A dataset whose methods do not include ``baseline`` gets no lifts.
     """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for ds, methods in runs.items():
+        out[ds] = {}
+        if baseline not in methods:
+            continue
+        headline = headlines[ds]
+        base = statistics[ds][baseline]
+        for m, seeds in methods.items():
+            if m == baseline:
+                continue  # its lift over itself is 0 by construction
+            diffs = [r[headline] - b[headline] for r, b in zip(seeds, methods[baseline])]
+            seeds_ci = t_interval(diffs)
+            images_ci = paired_bootstrap_interval([st for st, _ in statistics[ds][m]], [st for st, _ in base],
+                                                  [n for _, n in base])
+            out[ds][m] = {**_stat(diffs), "t95": _rounded(seeds_ci), "boot95": _rounded(images_ci),
+                          "distinguishable": distinguishable(seeds_ci, images_ci)}
+    return out
+
+
+def _rounded(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
+
+
+def summarise(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str,
+              lift: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """{dataset: {method: {metric: {mean, std, n}}}}, every metric: what results.md is written from;
+    with ``lift_over_<baseline>`` from ``lift`` (:func:`lifts`) where it has the method."""
     out: dict[str, Any] = {}
     for ds, methods in runs.items():
         out[ds] = {}
-        headline = headlines[ds]
-        base = [r[headline] for r in methods[baseline]] if baseline in methods else None
         for m, seeds in methods.items():
-            entry: dict[str, Any] = {}
-            for key in seeds[0]:
-                entry[key] = _stat([r[key] for r in seeds])
-            if base is not None:
-                entry[f"lift_over_{baseline}"] = _stat([r[headline] - b for r, b in zip(seeds, base)])
+            entry: dict[str, Any] = {key: _stat([r[key] for r in seeds]) for key in seeds[0]}
+            if lift is not None and m in lift.get(ds, {}):
+                entry[f"lift_over_{baseline}"] = lift[ds][m]
             out[ds][m] = entry
+    return out
+
+
+def compact_summary(summary: dict[str, Any], baseline: str, headlines: dict[str, str]) -> dict[str, Any]:
+    """summary.json: {dataset: {method: row}}, a row holding only the headline and its lift:
+
+    ``metric`` (the headline's name), ``mean``, ``std``, ``n``; and, for every method but the
+    baseline, ``lift`` (mean of the per-seed differences), ``lift_std``, ``lift_t95_low`` /
+    ``lift_t95_high`` (t interval over seeds; null for one seed) and ``lift_boot95_low`` /
+    ``lift_boot95_high`` (paired bootstrap over test images). Percentage points.
+    """
+    out: dict[str, Any] = {}
+    for ds, methods in summary.items():
+        out[ds] = {}
+        for m, entry in methods.items():
+            row: dict[str, Any] = {"metric": headlines[ds], **entry[headlines[ds]]}
+            lift = entry.get(f"lift_over_{baseline}")
+            if lift is not None:
+                t95, boot95 = lift["t95"] or [None, None], lift["boot95"]
+                row |= {"lift": lift["mean"], "lift_std": lift["std"], "lift_t95_low": t95[0],
+                        "lift_t95_high": t95[1], "lift_boot95_low": boot95[0], "lift_boot95_high": boot95[1]}
+            out[ds][m] = row
     return out
 
 
@@ -244,6 +344,7 @@ def _section_input(params: Params, ds: str, methods: dict[str, Any]) -> SectionI
         hardware=_hardware_line(params, ds),
         one_seed=_one_seed_line(params),
         label_names=_label_names(params, ds),
+        ranking=lift_ranking(params, ds, methods),
     )
 
 
@@ -268,8 +369,18 @@ def results_markdown(params: Params, summary: dict[str, Any]) -> str:
     else:
         spread = [
             f"Every cell: mean ± sample std over seeds {seeds} (n = {len(params.suite.seeds)}); accuracies in %.",
-            f"Lift: per-seed difference to `{base}` of each dataset's headline metric {metrics}, mean ± std.",
+            f"Lift: the mean over seeds of the per-seed difference to `{base}` of each dataset's headline "
+            f"metric {metrics}, in points.",
         ]
+    spread += [
+        f"Each lift carries two 95 % intervals, `lift [seeds]; [test images]`: a t interval of the per-seed "
+        f"differences (n - 1 degrees of freedom; undefined, —, for one seed), and a paired bootstrap over test "
+        f"images ({N_RESAMPLES} resamples, percentile interval, fixed RNG seed): within each seed the same "
+        f"resampled images score the method and `{base}`, and a replicate is the mean over seeds of the "
+        "differences. The first measures how much a lift moves between training runs, the second how much "
+        "it moves with the test sample. A lift counts as different from 0 only when both intervals exclude "
+        "0; otherwise it is marked n.s. (not significant) and not ranked.",
+    ]
     lines = [
         "# Results",
         "",
@@ -287,53 +398,114 @@ def results_markdown(params: Params, summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bar_chart_figure(params: Params, summary: dict[str, Any]) -> Any:
-    """The headline metric per method and dataset: mean with ± std error bars over the seeds,
-    or, with one seed (n = 1), that seed's value and no error bar. The caller closes it."""
+def lift_ranking(params: Params, dataset: str, methods: dict[str, Any]) -> list[str]:
+    """The sentence that ranks a dataset's lifts: only those whose intervals both exclude 0, largest
+    first; the rest are listed as indistinguishable from the baseline, in suite order."""
+    base = params.report.baseline
+    entries = {m: e[f"lift_over_{base}"] for m, e in methods.items() if f"lift_over_{base}" in e}
+    if not entries:
+        return []
+    real = sorted((m for m, e in entries.items() if e["distinguishable"]), key=lambda m: -entries[m]["mean"])
+    above = [f"`{m}` ({entries[m]['mean']:+.1f})" for m in real if entries[m]["mean"] > 0]
+    below = [f"`{m}` ({entries[m]['mean']:+.1f})" for m in real if entries[m]["mean"] < 0]
+    unclear = [f"`{m}`" for m, e in entries.items() if not e["distinguishable"]]
+    parts = [f"above `{base}`, largest lift first: {', '.join(above) or 'none'}",
+             f"below `{base}`: {', '.join(below) or 'none'}"]
+    if unclear:
+        parts.append(f"not distinguishable from `{base}` (n.s.: an interval includes 0): {', '.join(unclear)}")
+    title = task_of(params, dataset).metric_title(headline_of(params, dataset))
+    return [f"Lifts in {title} over `{base}`, ranked only where both 95 % intervals exclude 0: "
+            f"{'; '.join(parts)}.", ""]
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+# Colours of the headline figure: a lift both intervals separate from 0, and one they do not.
+_REAL, _UNCLEAR, _SEED = "#1f5fa6", "#9a9a9a", "#333333"
+
+
+def headline_figure(params: Params, runs: dict[str, dict[str, list[dict[str, float]]]],
+                    summary: dict[str, Any]) -> Any:
+    """Per dataset (a row), two panels; the caller closes the figure.
+
+    Left, the headline of each method: one dot per seed, the mean (a bar from the axis's start,
+    chance or 0) and its 95 % t interval over seeds (none for one seed). Right, the lift over the
+    baseline: one dot per seed's difference, the mean with its t interval over seeds (thick) and
+    its paired bootstrap interval over test images (thin); grey, with "n.s.", where either
+    interval includes 0. Dots are jittered sideways by a fixed amount, so the figure is deterministic.
+    """
+    plt = _pyplot()
+    base = params.report.baseline
     datasets = list(summary)
-    # At least 4 inches a panel: titles and y labels of a small suite do not overlap.
-    width = max(1.0 + 1.1 * len(params.method_names), 4.0 * len(datasets))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(width, 4), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+    n_methods = max(len(summary[ds]) for ds in datasets)
+    width = max(10.0, 1.2 * n_methods * 2)
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(width, 4.2 * len(datasets)), squeeze=False,
+                             layout="constrained", width_ratios=[1, 1])
+    seeds = params.suite.seeds
+    jitter = np.linspace(-0.18, 0.18, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+    for (ax, lift_ax), ds in zip(axes, datasets):
+        task, headline = task_of(params, ds), headline_of(params, ds)
+        title = task.metric_title(headline)
         methods = list(summary[ds])
-        headline = headline_of(params, ds)
-        entries = [summary[ds][m][headline] for m in methods]
-        means = [e["mean"] for e in entries]
-        spread = all(e["std"] is not None for e in entries)
-        ax.bar(range(len(methods)), means, yerr=[e["std"] for e in entries] if spread else None,
-               capsize=4 if spread else 0, color="#4c72b0")
-        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
-        low = max(0.0, min(e["mean"] - (e["std"] or 0.0) for e in entries) - 10.0)  # whole error bars
-        ax.set_ylim(low, 100.0)
-        title = task_of(params, ds).metric_title(headline)
-        n = max(e["n"] for e in entries)
-        ax.set(ylabel=f"{title} (%)",
-               title=f"{ds}: mean ± std over {n} seeds" if spread
-               else f"{ds}: n = 1 (seed {params.suite.seeds[0]})")
-    fig.tight_layout()
+        floor = task.chance(_label_names(params, ds))
+        x = np.arange(len(methods))
+        for i, m in enumerate(methods):
+            values = np.array([r[headline] for r in runs[ds][m]])
+            mean = summary[ds][m][headline]["mean"]
+            ax.bar(i, mean - floor, bottom=floor, width=0.6, color="#c9d7ea", zorder=1)
+            ax.scatter(i + jitter, values, s=18, color=_SEED, zorder=3)
+            interval = t_interval(values)
+            if interval is not None:
+                ax.errorbar(i, mean, yerr=[[mean - interval[0]], [interval[1] - mean]], fmt="none", ecolor=_REAL,
+                            elinewidth=2, capsize=5, zorder=4)
+        ax.set_xticks(x, methods, rotation=35, ha="right")
+        ax.set_ylim(floor, 100.0)
+        start = f"chance, {floor:.0f} %" if floor > 0 else "0"
+        spread = f"{len(seeds)} seeds" if len(seeds) > 1 else f"one seed ({seeds[0]}), no interval"
+        ax.set_ylabel(f"{title} (%)\naxis from {start}", fontsize=9)
+        ax.set_title(f"{ds}: {spread}", fontsize=10)
+
+        others = [m for m in methods if f"lift_over_{base}" in summary[ds][m]]
+        lift_ax.axhline(0.0, color="black", linewidth=0.8, zorder=1)
+        for i, m in enumerate(others):
+            entry = summary[ds][m][f"lift_over_{base}"]
+            colour = _REAL if entry["distinguishable"] else _UNCLEAR
+            diffs = [r[headline] - b[headline] for r, b in zip(runs[ds][m], runs[ds][base])]
+            lift_ax.scatter(i + jitter, diffs, s=18, color=_SEED, zorder=3)
+            low, high = entry["boot95"]
+            lift_ax.vlines(i + 0.28, low, high, color=colour, linewidth=1.2, zorder=2)
+            if entry["t95"] is not None:
+                lift_ax.vlines(i, *entry["t95"], color=colour, linewidth=4, alpha=0.6, zorder=2)
+            lift_ax.plot([i - 0.25, i + 0.25], [entry["mean"]] * 2, color=colour, linewidth=2, zorder=4)
+            if not entry["distinguishable"]:
+                lift_ax.annotate("n.s.", (i, 1.0), xycoords=("data", "axes fraction"), ha="center", va="top",
+                                 fontsize=8, color=_UNCLEAR)
+        lift_ax.set_xticks(range(len(others)), others, rotation=35, ha="right")
+        lift_ax.set_xlim(-0.6, max(len(others), 1) - 0.4)
+        lift_ax.set_ylabel(f"lift over {base} (points)", fontsize=9)
+        lift_ax.set_title(f"{ds}: lift over {base}", fontsize=10)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=_SEED, markersize=5, label="one seed"),
+        Line2D([], [], color=_REAL, linewidth=2, marker="_", markersize=10, label="mean, 95 % t interval over seeds"),
+        Line2D([], [], color=_REAL, linewidth=4, alpha=0.6, label="lift: 95 % t interval over seeds"),
+        Line2D([], [], color=_REAL, linewidth=1.2, label="lift: 95 % paired bootstrap over test images"),
+        Line2D([], [], color=_UNCLEAR, linewidth=4, label="an interval includes 0: n.s., not ranked"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     return fig
 
 
 def _write_png(fig: Any, path: Path, dpi: int) -> Path:
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={"Software": None}))
-
-
-def _save_png(fig: Any, path: Path, dpi: int) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        return _write_png(fig, path, dpi)
-    finally:
-        plt.close(fig)
-
-
-def bar_chart(params: Params, summary: dict[str, Any], path: Path) -> Path:
-    return _save_png(bar_chart_figure(params, summary), path, dpi=110)
 
 
 def _test_embeddings(params: Params, dataset: str, method: str, seed: int) -> dict[str, np.ndarray]:
@@ -348,36 +520,107 @@ def _test_embeddings(params: Params, dataset: str, method: str, seed: int) -> di
 
 
 def projection_figure(params: Params, dataset: str) -> Any:
-    """PCA of each method's test embeddings (first seed), coloured by fine label, one panel each."""
-    import matplotlib
+    """PCA of each method's test embeddings (first seed), one panel each, coloured by the task's
+    projection label (fine class; group = label x attribute) with a categorical legend of the
+    prepared cache's names ("5-9 / red"). The caller closes it."""
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pipeline.evaluation.projection import categorical_colours, project_2d
 
-    from pipeline.evaluation.projection import project_2d
-
+    plt = _pyplot()
+    task = task_of(params, dataset)
+    label = task.projection_label
+    names = _label_names(params, dataset).get(label, {})
     methods = params.methods_for(dataset)
     seed = params.suite.seeds[0]
     arrays = {m: _test_embeddings(params, dataset, m, seed) for m in methods}  # all read before drawing
-    cols = 4
+    for m, a in arrays.items():
+        if f"test_{label}" not in a:
+            path = paths.embedding_path(dataset, m, seed)
+            raise OutputFileError(f"{path}: has no `test_{label}` labels; delete it and "
+                                  f"{_rerun(paths.stage_name(params.stage_kind('embed', dataset, m), dataset, m, seed))}")
+    values = np.unique(np.concatenate([arrays[m][f"test_{label}"] for m in methods]))
+    # Groups of a binary attribute (ids label x 2 + attribute): a hue per label, a shade per attribute.
+    paired = label == "group" and len(_label_names(params, dataset).get("attribute", {})) == 2
+    colours = categorical_colours(len(values), paired=paired)
+    cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1.8, 3.0 * rows + 0.5), squeeze=False,
+                             layout="constrained")
     for ax, m in zip(axes.flat, methods):
         xy = project_2d(arrays[m]["test_x"], method="pca", seed=seed)
-        label = arrays[m].get("test_fine", arrays[m].get("test_group"))
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=label, cmap="tab10", s=6, linewidths=0)
-        ax.set_title(m, fontsize=10)
+        y = arrays[m][f"test_{label}"]
+        if colours is None:  # too many classes to tell apart by colour: a continuous map, no legend
+            ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="turbo", s=5, linewidths=0)
+        else:
+            for value, colour in zip(values, colours):
+                inside = y == value
+                ax.scatter(xy[inside, 0], xy[inside, 1], color=colour, s=5, linewidths=0, alpha=0.8)
+        ax.set_title(m, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
-    fig.colorbar(sc, ax=axes, shrink=0.6, label="fine label")
-    fig.suptitle(f"{dataset}: test embeddings, PCA, seed {seed}")
+    if colours is not None:
+        handles = [Line2D([], [], marker="o", linestyle="", color=c, label=names.get(int(v), str(v)))
+                   for v, c in zip(values, colours)]
+        fig.legend(handles=handles, title=label, loc="outside right upper", fontsize=8, title_fontsize=9,
+                   frameon=False)
+    fig.suptitle(f"{dataset}: test embeddings, PCA, seed {seed}, coloured by {label}", fontsize=11)
     return fig
 
 
-def projection_grid(params: Params, dataset: str, path: Path) -> Path:
-    return _save_png(projection_figure(params, dataset), path, dpi=90)
+def history_figure(params: Params, dataset: str) -> Any | None:
+    """Total training loss per epoch of each trained method (a panel each), a line per seed; None
+    when no method trains (the untrained baseline has an empty history). The caller closes it."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    histories: dict[str, list[list[dict[str, float]]]] = {}
+    for m in params.methods_for(dataset):
+        if params.is_concat(m):
+            continue
+        runs = []
+        for s in params.suite.seeds:
+            path = paths.history_path(dataset, m, s)
+            stage = paths.stage_name(params.stage_kind("train", dataset, m), dataset, m, s)
+            history = _read_input(path, stage, read_json)
+            if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h and "loss/total" in h
+                                                        for h in history):
+                raise OutputFileError(f"{path}: not a training history of this harness (a list of epochs with "
+                                      f"`loss/total`); delete it and {_rerun(stage)}")
+            runs.append(history)
+        if any(runs):
+            histories[m] = runs
+    if not histories:
+        return None
+    cols = min(4, len(histories))
+    rows = -(-len(histories) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.5), squeeze=False,
+                             layout="constrained")
+    for ax, (m, runs) in zip(axes.flat, histories.items()):
+        for s, history in zip(params.suite.seeds, runs):
+            ax.plot([h["epoch"] for h in history], [h["loss/total"] for h in history], linewidth=1,
+                    label=f"seed {s}")
+        ax.set_title(m, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].set_ylabel("total loss", fontsize=8)
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    for ax in list(axes.flat)[len(histories):]:
+        ax.axis("off")
+    fig.suptitle(f"{dataset}: training loss per epoch", fontsize=11)
+    return fig
+
+
+def _replace_folder_files(folder: Path, keep: set[Path], suffix: str) -> None:
+    """Remove the ``suffix`` files of ``folder`` (recursively) that this run did not write: a method
+    or dataset left out of the suite leaves no stale row or figure behind."""
+    if folder.is_dir():
+        for path in folder.rglob(f"*{suffix}"):
+            if path not in keep:
+                path.unlink()
 
 
 def write_report(params: Params, out_dir: Path) -> None:
@@ -386,21 +629,31 @@ def write_report(params: Params, out_dir: Path) -> None:
     Every input is read (and checked) before the first output is written, so a bad input
     leaves the previous report untouched rather than half replaced.
     """
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     runs = collect(params)
-    summary = summarise(runs, params.report.baseline,
-                        {ds: headline_of(params, ds) for ds in params.suite_datasets})
+    headlines = {ds: headline_of(params, ds) for ds in params.suite_datasets}
+    statistics = headline_statistics(params, runs)
+    summary = summarise(runs, params.report.baseline, lifts(runs, statistics, params.report.baseline, headlines))
+    compact = compact_summary(summary, params.report.baseline, headlines)
     markdown = results_markdown(params, summary)
     figures: dict[Path, tuple[Any, int]] = {}
     try:
-        figures[out_dir / "headline.png"] = (bar_chart_figure(params, summary), 110)
+        figures[out_dir / "headline.png"] = (headline_figure(params, runs, summary), 100)
         for ds in params.suite_datasets:
             figures[out_dir / "projections" / f"{ds}.png"] = (projection_figure(params, ds), 90)
+            history = history_figure(params, ds)
+            if history is not None:
+                figures[out_dir / "history" / f"{ds}.png"] = (history, 80)
         for path, (fig, dpi) in figures.items():
             _write_png(fig, path, dpi)
     finally:
         for fig, _ in figures.values():
             plt.close(fig)
+    rows = {out_dir / "metrics" / ds / f"{m}.json": row for ds, methods in compact.items() for m, row in methods.items()}
+    for path, row in rows.items():
+        write_json(path, row)
+    _replace_folder_files(out_dir / "metrics", set(rows), ".json")
+    for folder in ("projections", "history"):
+        _replace_folder_files(out_dir / folder, set(figures), ".png")
     write_text(out_dir / "results.md", markdown)
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", compact)

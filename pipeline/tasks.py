@@ -18,7 +18,7 @@ Report tables are pandas DataFrames (:func:`frame`), written as markdown by one 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -62,6 +62,25 @@ def stat_cell(entry: dict[str, Any] | None, signed: bool = False, digits: int = 
     return mean if entry["std"] is None else f"{mean} ± {entry['std']:.{digits}f}"
 
 
+def lift_cell(entry: dict[str, Any] | None, digits: int = 1) -> str:
+    """A lift ``{mean, t95, boot95, distinguishable}`` as ``+9.3 [+6.1, +12.4]; [+7.0, +11.5]`` (its 95 %
+    intervals over seeds and over test images; — for an undefined one), then ``n.s.`` where the
+    lift is not distinguishable from 0; :data:`MISSING` for no entry (the baseline itself)."""
+    if entry is None:
+        return MISSING
+
+    def interval(bounds: Sequence[float] | None) -> str:
+        return f"[{MISSING}]" if bounds is None else f"[{bounds[0]:+.{digits}f}, {bounds[1]:+.{digits}f}]"
+
+    cell = f"{entry['mean']:+.{digits}f} {interval(entry['t95'])}; {interval(entry['boot95'])}"
+    return cell if entry["distinguishable"] else f"{cell} n.s."
+
+
+def lift_title(baseline: str) -> str:
+    """The title of a lift column: what :func:`lift_cell`'s two intervals are."""
+    return f"Lift over {baseline} [95 % CI: seeds; test images]"
+
+
 def frame(rows: Sequence[Sequence[Any]], index: Sequence[Any], columns: Sequence[str],
           index_names: Sequence[str] = ("Method",)) -> pd.DataFrame:
     """A report table: one row of cells per index entry (a tuple per entry for several label columns).
@@ -103,6 +122,8 @@ class SectionInput:
     one_seed: list[str]  # the n = 1 note above a results table (empty with several seeds)
     # {label: {value: readable name}} from the prepared cache ("group": {2: "5-9 / red"}); may be empty.
     label_names: dict[str, dict[int, str]] = field(default_factory=dict)
+    # The sentence ranking the lifts that both intervals separate from 0 (below the results table).
+    ranking: list[str] = field(default_factory=list)
 
 
 class Task:
@@ -113,6 +134,8 @@ class Task:
     title: str  # its results.md section heading, after the dataset's name
     # The labels the evaluate stage colours its MLflow projections by, where the embedding file has them.
     picture_labels: tuple[str, ...]
+    # The label the report's projection of each method colours points by (a categorical legend).
+    projection_label: str
 
     @property
     def label_roles(self) -> tuple[str, ...]:
@@ -127,12 +150,30 @@ class Task:
     def check(self, params: Params, dataset: str, arrays: Mapping[str, np.ndarray]) -> None:
         """Settings checks that need the embedding file; a :class:`~pipeline.config.ParamsError`."""
 
+    def evaluate(self, arrays: Mapping[str, np.ndarray], opts: EvaluateParams,
+                 seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """The evaluate stage's metrics of one embedding file (accuracies in %), and its per-image
+        results ({name: (N_test,) array}: what :meth:`headline_statistic` recomputes a headline from)."""
+        raise NotImplementedError
+
     def metrics(self, arrays: Mapping[str, np.ndarray], opts: EvaluateParams, seed: int = 0) -> dict[str, float]:
         """The evaluate stage's metrics of one embedding file (accuracies in %)."""
-        raise NotImplementedError
+        return self.evaluate(arrays, opts, seed)[0]
 
     def headline(self, params: Params) -> str:
         """The metric of the lifts and of the bar chart."""
+        raise NotImplementedError
+
+    def headline_statistic(self, per_image: Mapping[str, np.ndarray], headline: str) -> Callable[[np.ndarray], np.ndarray]:
+        """The headline computed from per-image results: (..., K) indices of test images -> (...) values (%).
+
+        Called with all N test images in order it gives the metrics file's value; the report's
+        bootstrap calls it on resampled images. A KeyError or ValueError: the file lacks what it needs.
+        """
+        raise NotImplementedError
+
+    def chance(self, label_names: Mapping[str, Mapping[int, str]]) -> float:
+        """The headline of a guess (%), where its figure's axis starts; ``label_names`` as in :class:`SectionInput`."""
         raise NotImplementedError
 
     def metric_title(self, metric: str) -> str:
@@ -146,6 +187,14 @@ class Task:
     def report_section(self, section: SectionInput) -> list[str]:
         """This task's section of results.md for one dataset."""
         raise NotImplementedError
+
+
+def _flags(per_image: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    """The (N,) bool correct flags ``per_image[key]``; a KeyError if absent, a ValueError if not flags."""
+    flags = np.asarray(per_image[key])
+    if flags.ndim != 1 or flags.dtype != np.bool_:
+        raise ValueError(f"{key!r} is not (N,) correct flags (bool); got {flags.dtype} {flags.shape}")
+    return flags
 
 
 def _stat_rows(section: SectionInput, cells: Any) -> tuple[list[list[str]], list[tuple[str, str]]]:
@@ -179,6 +228,7 @@ class CoarseToFine(Task):
     label = "coarse-to-fine"
     title = "coarse-to-fine transfer"
     picture_labels = ("coarse", "fine")
+    projection_label = "fine"
     # Metrics shown in the results table, in order, with their column titles.
     COLUMNS = {
         "fine_head_acc": "Fine acc. (reference head)",
@@ -192,13 +242,22 @@ class CoarseToFine(Task):
     def check(self, params: Params, dataset: str, arrays: Mapping[str, np.ndarray]) -> None:
         check_knn_k(params, dataset, len(arrays["train_x"]))  # the kNN probe searches the training split
 
-    def metrics(self, arrays: Mapping[str, np.ndarray], opts: EvaluateParams, seed: int = 0) -> dict[str, float]:
+    def evaluate(self, arrays: Mapping[str, np.ndarray], opts: EvaluateParams,
+                 seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         from pipeline.evaluation.metrics import coarse_to_fine_metrics
 
-        return coarse_to_fine_metrics(arrays, opts)
+        per_image: dict[str, np.ndarray] = {}  # every headline report.headline may pick: the correct flags
+        return coarse_to_fine_metrics(arrays, opts, per_image), per_image
 
     def headline(self, params: Params) -> str:
         return params.report.headline
+
+    def headline_statistic(self, per_image: Mapping[str, np.ndarray], headline: str) -> Callable[[np.ndarray], np.ndarray]:
+        correct = _flags(per_image, headline)  # an accuracy: the mean of the correct flags
+        return lambda index: 100.0 * correct[index].mean(axis=-1)
+
+    def chance(self, label_names: Mapping[str, Mapping[int, str]]) -> float:
+        return 100.0 / max(1, len(label_names.get("fine", {})))  # fine accuracy of a uniform guess
 
     def metric_title(self, metric: str) -> str:
         return self.COLUMNS[metric]
@@ -227,11 +286,11 @@ class CoarseToFine(Task):
 
         def cells(method: str, entry: dict[str, Any]) -> list[str]:
             papers = [(ref.reference or {}).get(method) for ref in refs]
-            return ([stat_cell(entry.get(k)) for k in self.COLUMNS] + [stat_cell(entry.get(lift), signed=True)]
+            return ([stat_cell(entry.get(k)) for k in self.COLUMNS] + [lift_cell(entry.get(lift))]
                     + [MISSING if p is None else str(p) for p in papers])
 
         rows, index = _stat_rows(section, cells)
-        columns = [*self.COLUMNS.values(), f"Lift over {base}", *(f"Paper, {ref.title or ref.name}" for ref in refs)]
+        columns = [*self.COLUMNS.values(), lift_title(base), *(f"Paper, {ref.title or ref.name}" for ref in refs)]
         table = frame(rows, index, columns, index_names=("Method", "Loss / embedding"))
         notes = []
         for ref in refs:
@@ -251,6 +310,7 @@ class CoarseToFine(Task):
             *section.one_seed,
             *markdown_table(table),
             "",
+            *section.ranking,
             " ".join(notes),
             "",
             *geometry_section(section.methods, "coarse class"),
@@ -265,6 +325,7 @@ class WorstGroup(Task):
     title = "worst-group robustness"
     # The group (it already shows y) and, where a dataset keeps one for pictures (spurious digits), the fine label.
     picture_labels = ("fine", "group")
+    projection_label = "group"
     # Each result is a head chosen by a model-selection rule (pipeline.evaluation.robustness.HEAD_RULES):
     # its key prefix "{head}.{rule}", and how a column names it.
     HEADS = {
@@ -305,13 +366,43 @@ class WorstGroup(Task):
 
         check_names(params, datasets=[dataset], reductions=REDUCTIONS, cluster_methods=CLUSTER_METHODS)
 
-    def metrics(self, arrays: Mapping[str, np.ndarray], opts: EvaluateParams, seed: int = 0) -> dict[str, float]:
+    def evaluate(self, arrays: Mapping[str, np.ndarray], opts: EvaluateParams,
+                 seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         from pipeline.evaluation.metrics import worst_group_metrics
 
-        return worst_group_metrics(arrays, opts, seed)
+        per_image: dict[str, np.ndarray] = {}
+        metrics = worst_group_metrics(arrays, opts, seed, per_image)
+        # The headline's head and the true groups: all its worst-group accuracy needs.
+        head = self.HEADLINE.split("/")[0]
+        return metrics, {head: per_image[head], "group": per_image["group"]}
 
     def headline(self, params: Params) -> str:
         return self.HEADLINE
+
+    def headline_statistic(self, per_image: Mapping[str, np.ndarray], headline: str) -> Callable[[np.ndarray], np.ndarray]:
+        head, _, metric = headline.partition("/")
+        if metric != "worst_group_acc":
+            raise ValueError(f"no per-image statistic for {headline!r}")
+        correct = _flags(per_image, head)
+        group = np.asarray(per_image["group"])
+        if group.shape != correct.shape:
+            raise ValueError(f"'group' has shape {group.shape}, its correct flags {correct.shape}")
+        ids, group = np.unique(group, return_inverse=True)
+
+        def worst_group(index: np.ndarray) -> np.ndarray:
+            # Per resample (row), the accuracy of each true group present in it; the smallest.
+            flat = index.reshape(-1, index.shape[-1])
+            rows = np.arange(len(flat))[:, None] * len(ids) + group[flat]
+            size = np.bincount(rows.ravel(), minlength=len(flat) * len(ids)).reshape(len(flat), len(ids))
+            hits = np.bincount(rows.ravel(), weights=correct[flat].ravel(),
+                               minlength=len(flat) * len(ids)).reshape(len(flat), len(ids))
+            accuracy = np.where(size > 0, hits / np.maximum(size, 1), np.inf)  # a group left out: not its minimum
+            return 100.0 * accuracy.min(axis=1).reshape(index.shape[:-1])
+
+        return worst_group
+
+    def chance(self, label_names: Mapping[str, Mapping[int, str]]) -> float:
+        return 0.0  # a constant guess gets a whole group wrong
 
     def metric_title(self, metric: str) -> str:
         return {self.HEADLINE: self.HEADLINE_TITLE}[metric]
@@ -328,10 +419,10 @@ class WorstGroup(Task):
         def cells(method: str, entry: dict[str, Any]) -> list[str]:
             return [*(head_cell(entry, h) for h in self.HEADS),
                     *(f"{entry[f'{p}/{k}']['mean']:.2f}" for p, k in self.DISCOVERY),
-                    stat_cell(entry.get(f"lift_over_{base}"), signed=True)]
+                    lift_cell(entry.get(f"lift_over_{base}"))]
 
         rows, index = _stat_rows(section, cells)
-        results = frame(rows, index, [*self.HEADS.values(), *self.DISCOVERY.values(), f"Lift over {base}"],
+        results = frame(rows, index, [*self.HEADS.values(), *self.DISCOVERY.values(), lift_title(base)],
                         index_names=("Method", "Loss / embedding"))
         # Every head under every rule: worst-group / worst-class / balanced accuracy, one column per method.
         first_entry = next(iter(methods.values()))
@@ -375,6 +466,7 @@ class WorstGroup(Task):
             *section.one_seed,
             *markdown_table(results),
             "",
+            *section.ranking,
             f"Every head under every selection rule it allows (mean over seeds; worst-group / worst-class / "
             f"balanced test accuracy, %). Rules: {rules}.",
             "",

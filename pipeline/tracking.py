@@ -5,11 +5,32 @@ absolute URI that stays right when DVC runs an experiment in a temporary copy of
 workspace (``.dvc/tmp/exps/...``): the copy's runs land in the original repository's store.
 ``MLFLOW_TRACKING_URI`` overrides it.
 
-Tags on every run: dataset, method, seed, git_commit, dvc_stage (and MLflow's own
-``mlflow.source.git.commit``); a finished run also gets ``output_md5``, the md5 of the DVC
-output it stands for (the model file of a train run, the metrics file of an evaluate run:
-the same hash ``dvc.lock`` records), which is how ``python -m stages.log_runs`` recognises
-a run that is already logged.
+The layout is made for comparing models in the MLflow UI (README, "Comparing runs in MLflow"):
+
+* one experiment per dataset, ``thanos-bench/<dataset>``, tagged so that MLflow 3 opens it on the
+  runs table (``mlflow.experimentKind``), with a description of how to compare methods;
+* one run per model, named ``<method> s<seed>``: the train stage creates it (params, per-epoch
+  curves, loss figure) and the evaluate stage logs its metrics into that same run, found by the
+  md5 of the model file it evaluates, so a row of the runs table is one model with everything
+  measured on it. A concatenation has no train stage: its evaluate stage creates its run. So does
+  an evaluation with other ``evaluate`` settings than the run already holds (MLflow params are
+  write-once), or of a model whose train run is not in the store;
+* every model run has the same param names: ``dataset``, ``method``, ``seed``, ``parts`` (the
+  trained methods it is made of, ``+``-joined), ``weights.*`` (one per loss term; a concatenation
+  has none), ``data.*``, ``train.*``, ``evaluate.*``;
+* one ``report`` run per experiment and report stage execution: per-method summary metrics over
+  seeds, and reports/ as artifacts (:func:`log_report`).
+
+Metrics are rounded to 4 significant digits (never below the integer part: counts stay exact) and
+group metrics are named by the group (``group_5-9_red_acc``, not ``group_2_acc``). The DVC outputs
+keep every digit: MLflow is for looking, the metrics files are the record.
+
+Tags on every run: ``stage`` (``train``, ``train+evaluate``, ``evaluate`` or ``report``), dataset,
+method, seed, git_commit, dvc_stage (the stage that created the run; ``dvc_stage_evaluate`` the
+one that evaluated it) and MLflow's own ``mlflow.source.git.commit``. A finished run also gets the
+md5 of the DVC outputs it holds, the hashes ``dvc.lock`` records: ``model_md5`` (the model file)
+and ``metrics_md5`` (the metrics file); that is how the evaluate stage finds its model's run and
+how ``python -m stages.log_runs`` recognises a result that is already logged.
 
 Tracking is a side channel: if the store cannot be reached, or stops answering mid-run, the
 stage still finishes and writes its DVC outputs; one warning says what was not logged, and
@@ -42,7 +63,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -61,6 +84,24 @@ from pipeline import paths
 from pipeline.hashing import file_md5  # also imported from here by pipeline.relog and tests
 
 EXPERIMENT_PREFIX = "thanos-bench"
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, token usage).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DESCRIPTION_TAG = "mlflow.note.content"  # the experiment page's description
+DESCRIPTION = """\
+Dataset `{dataset}` of the thanos-bench suite. **One row per model** (method, seed): its params,
+training curves (`loss/*`, per epoch) and every evaluation metric; the headline metric is
+`{headline}`.
+
+Compare methods: in the runs table choose *Group by* → param `method` (MLflow shows the mean, min
+and max of each metric over the seeds), or filter with `params.method = 'thanos'`. Columns: add
+`{headline}` under *Metrics*. Charts: *Chart view* → a box or bar chart of `{headline}` grouped by
+`method`. The run named **report** (tag `stage = report`) holds the report stage's summary: per
+method the mean, std, n and lift over the baseline with its 95 % interval, and `results.md` and the
+figures as artifacts. Rows with `stage = train` have not been evaluated yet.
+
+The numbers of record are DVC's (`dvc metrics show`, `reports/results.md`); MLflow shows them
+rounded to 4 significant digits.
+"""
 
 # Set only where the user has not: a dead server then costs seconds, not minutes (MLflow's defaults
 # are 7 retries with backoff factor 2 and a 120 s timeout, made for rate-limited hosted servers).
@@ -108,14 +149,42 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def stage_output(stage: str, dataset: str, method: str, seed: int) -> Path | None:
-    """The DVC output a run of ``stage`` stands for (its ``output_md5`` tag), if the stage has one."""
+def stage_outputs(stage: str, dataset: str, method: str, seed: int) -> dict[str, Path]:
+    """The DVC outputs a run of ``stage`` holds, by the tag that records each one's md5."""
     kind = paths.stage_kind_of(stage)
     if kind == "train":
-        return paths.model_path(dataset, method, seed)
+        return {"model_md5": paths.model_path(dataset, method, seed)}
     if kind == "evaluate":
-        return paths.metrics_path(dataset, method, seed)
-    return None
+        return {"metrics_md5": paths.metrics_path(dataset, method, seed)}
+    return {}
+
+
+def round_metric(value: float) -> float:
+    """``value`` to 4 significant digits, never fewer than its integer part (98.444 -> 98.44,
+    0.0012345 -> 0.001235, 12345.6 -> 12346): what the MLflow UI shows, not the record."""
+    value = float(value)
+    if not math.isfinite(value) or value == 0:
+        return value
+    digits = 4 - (math.floor(math.log10(abs(value))) + 1)
+    return round(value, max(digits, 0))
+
+
+_GROUP_KEY = re.compile(r"(^|/)group_(\d+)_")
+
+
+def name_groups(metrics: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
+    """Metric keys with each group's number replaced by its name, for the MLflow UI:
+    ``erm.average/group_2_acc`` -> ``erm.average/group_5-9_red_acc`` for group 2 = "5-9 / red".
+    Keys without a group, and numbers ``names`` does not cover, are kept."""
+    slugs = [re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_") for name in names]
+
+    def rename(key: str) -> str:
+        def one(m: re.Match[str]) -> str:
+            k = int(m.group(2))
+            return f"{m.group(1)}group_{slugs[k]}_" if k < len(slugs) and slugs[k] else m.group(0)
+        return _GROUP_KEY.sub(one, key)
+
+    return {rename(k): v for k, v in metrics.items()}
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -298,33 +367,61 @@ def connect(uri: str | None = None) -> Any:
     return client
 
 
-def experiment_id(client: Any, dataset: str) -> str:
-    """The id of experiment ``thanos-bench/<dataset>``, created if missing (safe against a race)."""
+def experiment_tags(dataset: str, headline: str | None = None) -> dict[str, str]:
+    """The tags of experiment ``thanos-bench/<dataset>``: its kind and its description."""
+    text = DESCRIPTION.format(dataset=dataset, headline=headline or "the headline metric")
+    return {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], DESCRIPTION_TAG: text}
+
+
+def experiment_id(client: Any, dataset: str, headline: str | None = None) -> str:
+    """The id of experiment ``thanos-bench/<dataset>``, created if missing (safe against a race),
+    with its :func:`experiment_tags` (set where they differ; the description names ``headline``
+    once a stage that knows it, evaluate or report, has run)."""
     name = f"{EXPERIMENT_PREFIX}/{dataset}"
     found = _retrying(lambda: client.get_experiment_by_name(name))
-    if found is not None:
-        return found.experiment_id
-    try:
-        return _retrying(lambda: client.create_experiment(name))
-    except Exception:
-        found = client.get_experiment_by_name(name)  # another process created it first
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        try:
+            return _retrying(lambda: client.create_experiment(name, tags=experiment_tags(dataset, headline)))
+        except Exception:
+            found = client.get_experiment_by_name(name)  # another process created it first
+            if found is None:
+                raise
+    wanted = experiment_tags(dataset, headline)
+    if headline is None and found.tags.get(DESCRIPTION_TAG):
+        wanted.pop(DESCRIPTION_TAG)  # a train stage does not know the headline: keep a better text
+    for key, value in wanted.items():
+        if found.tags.get(key) != value:
+            _retrying(lambda: client.set_experiment_tag(found.experiment_id, key, value))
+    return found.experiment_id
 
 
-def run_params(params: Any, kind: str, dataset: str, method: str) -> dict[str, Any]:
-    """What a ``kind`` ("train" | "evaluate") run logs as params: the params.yaml entries it reads."""
+def run_params(params: Any, kind: str, dataset: str, method: str, seed: int) -> dict[str, Any]:
+    """The params a model run logs, the same names in every run (module docstring): the identity
+    (``dataset``, ``method``, ``seed``, ``parts``), the params.yaml entries that made the model
+    (``data.*``, ``train.*``, ``weights.*`` for a trained method) and, for ``kind`` "evaluate",
+    the evaluation settings (``evaluate.*``)."""
     from dataclasses import asdict
 
-    if kind == "train":
-        return {"dataset": asdict(params.datasets[dataset]),
-                "weights": asdict(params.methods.trained[method]), "train": asdict(params.train)}
+    if kind not in ("train", "evaluate"):
+        raise ValueError(f"no MLflow params for stage kind {kind!r}; expected 'train' or 'evaluate'")
+    parts = params.methods.concat[method] if params.is_concat(method) else [method]
+    out: dict[str, Any] = {"dataset": dataset, "method": method, "seed": seed, "parts": "+".join(parts),
+                           "data": asdict(params.datasets[dataset]), "train": asdict(params.train)}
+    if not params.is_concat(method):
+        out["weights"] = asdict(params.methods.trained[method])
     if kind == "evaluate":
-        spec = (params.methods.concat[method] if params.is_concat(method)
-                else asdict(params.methods.trained[method]))
-        return {"method": spec, "evaluate": asdict(params.evaluate)}
-    raise ValueError(f"no MLflow params for stage kind {kind!r}; expected 'train' or 'evaluate'")
+        out["evaluate"] = asdict(params.evaluate)
+    return out
+
+
+def param_conflicts(logged: Mapping[str, str], wanted: Mapping[str, Any]) -> list[str]:
+    """The flattened keys of ``wanted`` that a run already holds (``logged``) with another value:
+    MLflow params are write-once."""
+    return sorted(k for k, v in flatten_params(wanted).items() if k in logged and logged[k] != _param_text(v))
+
+
+def _param_text(value: Any) -> str:
+    return str(value)[:500]
 
 
 def process_start(pid: int | str = "self") -> str | None:
@@ -467,12 +564,13 @@ class Run:
             if self.strict:
                 raise TrackingError(message) from err
             warnings.warn(f"{message}; no further logging for this run, the stage goes on and its DVC "
-                          "outputs are unaffected (re-log later: python -m stages.log_runs)", stacklevel=3)
+                          "outputs are unaffected (re-log later: python -m stages.log_runs)",
+                          stacklevel=_outside_stacklevel())
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = [Param(k, str(v)[:500]) for k, v in flatten_params(params).items()]
+        flat = [Param(k, _param_text(v)) for k, v in flatten_params(params).items()]
         self._call("log params", "log_batch", params=flat)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -487,7 +585,7 @@ class Run:
         batch = []
         for record in records:
             at = int(record[step]) if isinstance(step, str) else (step or 0)
-            batch += [Metric(k.replace("@", "_"), float(v), now, at)
+            batch += [Metric(k.replace("@", "_"), round_metric(v), now, at)
                       for k, v in record.items() if not (isinstance(step, str) and k == step)]
         self._call("log metrics", "log_batch", metrics=batch)
 
@@ -497,57 +595,53 @@ class Run:
     def log_artifact(self, path: str | Path) -> None:
         self._call(f"log artifact {path}", "log_artifact", str(path))
 
+    def log_artifacts(self, folder: str | Path, under: str) -> None:
+        """Every file of ``folder``, as artifacts under ``under/``."""
+        self._call(f"log artifacts {folder}", "log_artifacts", str(folder), under)
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
         self._call("set tags", "log_batch", tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def delete_tag(self, key: str) -> None:
+        self._call(f"delete tag {key}", "delete_tag", key)
+
     def end(self, status: str) -> None:
         self._call("end the run", "set_terminated", status=status)
 
 
+def run_name(method: str, seed: int) -> str:
+    """A model run's name: method and seed first, short enough for the runs table."""
+    return f"{method} s{seed}"
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` of :func:`warnings.warn` that names the first caller outside this module
+    and :mod:`contextlib` (the stage's ``with`` line), however deep the run helpers nest."""
+    import contextlib
+
+    inside = {__file__, contextlib.__file__}
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename in inside:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _unavailable(uri: str, err: BaseException, strict: bool) -> Run:
+    message = f"MLflow: tracking store {uri} unavailable ({describe_error(err)})"
+    if strict:
+        raise TrackingError(message) from err
+    warnings.warn(f"{message}; running without tracking, DVC outputs are unaffected "
+                  "(re-log later: python -m stages.log_runs)", stacklevel=_outside_stacklevel())
+    return Run(None, None)
+
+
 @contextmanager
-def start_run(stage: str, dataset: str, method: str, seed: int,
-              params: Mapping[str, Any] | None = None, *, tags: Mapping[str, str] | None = None,
-              strict: bool = False) -> Iterator[Run]:
-    """An MLflow run for one stage execution.
-
-    First, RUNNING runs of the same stage left by processes that are gone (killed with SIGKILL,
-    say) are marked KILLED (:func:`close_stale_runs`), and one line on stderr says how many.
-    On exit it is FINISHED (tagged ``output_md5`` when the stage's output exists), FAILED if
-    the body raised an error (tagged ``error`` with its message), or KILLED if it was
-    interrupted (KeyboardInterrupt, or a signal turned into one by :mod:`pipeline.cli`).
-    With ``strict=False`` (stages) an unreachable store is a warning; with ``strict=True``
-    (re-logging) it raises :class:`TrackingError`.
-    """
-    commit = git_commit(repository_root())
-    here = whereabouts(stage)
-    all_tags = {"dataset": dataset, "method": method, "seed": str(seed), "dvc_stage": stage,
-                "git_commit": commit, "mlflow.source.git.commit": commit, **here, **(tags or {})}
-    uri = tracking_uri()
-    try:
-        from mlflow.tracking.context.registry import resolve_tags
-
-        client = connect(uri)
-        with quiet_store_logs():
-            exp = experiment_id(client, dataset)
-            stale = close_stale_runs(client, exp, stage, here)
-            active = _retrying(lambda: client.create_run(
-                exp, run_name=f"{stage.split('@')[0]}:{method}/seed{seed}", tags=resolve_tags(all_tags)))
-        run = Run(client, active.info.run_id, strict=strict)
-    except Exception as err:
-        message = f"MLflow: tracking store {uri} unavailable ({describe_error(err)})"
-        if strict:
-            raise TrackingError(message) from err
-        warnings.warn(f"{message}; running without tracking, DVC outputs are unaffected "
-                      "(re-log later: python -m stages.log_runs)", stacklevel=3)
-        yield Run(None, None)
-        return
-    if stale:
-        print(f"MLflow: marked {len(stale)} stale RUNNING run(s) of {stage} KILLED: process(es) "
-              f"{', '.join(stale)} on {here['host']} ended without closing them", file=sys.stderr, flush=True)
-    if params:
-        run.log_params(params)
+def _closing(run: Run, outputs: Mapping[str, Path]) -> Iterator[Run]:
+    """Yield ``run``; then FINISHED with the md5 tag of each output that exists (clearing an
+    ``error`` an earlier attempt left), FAILED if the body raised (tag ``error``), KILLED if it
+    was interrupted (KeyboardInterrupt, or a signal turned into one by :mod:`pipeline.cli`)."""
     try:
         yield run
     except Exception as err:
@@ -558,10 +652,139 @@ def start_run(stage: str, dataset: str, method: str, seed: int,
         run.set_tags({"error": type(err).__name__ + (f": {err}" if str(err) else "")})
         run.end("KILLED")
         raise
-    output = stage_output(stage, dataset, method, seed)
-    if output is not None and output.is_file():
-        run.set_tags({"output_md5": file_md5(output)})
+    hashes = {tag: file_md5(path) for tag, path in outputs.items() if path.is_file()}
+    if hashes:
+        run.set_tags(hashes)
     run.end("FINISHED")
+
+
+def _new_run(stage: str, dataset: str, name: str, tags: Mapping[str, str], *, headline: str | None,
+             strict: bool) -> Run:
+    """A RUNNING run of ``stage`` in the dataset's experiment (stale runs of the stage closed
+    first), or a no-op :class:`Run` (a warning; with ``strict`` an error) if the store fails."""
+    commit = git_commit(repository_root())
+    here = whereabouts(stage)
+    all_tags = {"dataset": dataset, "dvc_stage": stage, "git_commit": commit,
+                "mlflow.source.git.commit": commit, **here, **tags}
+    uri = tracking_uri()
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        client = connect(uri)
+        with quiet_store_logs():
+            exp = experiment_id(client, dataset, headline)
+            stale = close_stale_runs(client, exp, stage, here)
+            active = _retrying(lambda: client.create_run(exp, run_name=name, tags=resolve_tags(all_tags)))
+    except Exception as err:
+        return _unavailable(uri, err, strict)
+    if stale:
+        print(f"MLflow: marked {len(stale)} stale RUNNING run(s) of {stage} KILLED: process(es) "
+              f"{', '.join(stale)} on {here['host']} ended without closing them", file=sys.stderr, flush=True)
+    return Run(client, active.info.run_id, strict=strict)
+
+
+@contextmanager
+def start_run(stage: str, dataset: str, method: str, seed: int,
+              params: Mapping[str, Any] | None = None, *, tags: Mapping[str, str] | None = None,
+              headline: str | None = None, strict: bool = False) -> Iterator[Run]:
+    """A new model run (named :func:`run_name`) for one execution of ``stage``.
+
+    First, RUNNING runs of the same stage left by processes that are gone (killed with SIGKILL,
+    say) are marked KILLED (:func:`close_stale_runs`), and one line on stderr says how many.
+    On exit it is FINISHED (tagged with the md5 of the stage's outputs that exist,
+    :func:`stage_outputs`), FAILED if the body raised an error (tagged ``error`` with its
+    message), or KILLED if it was interrupted.
+    With ``strict=False`` (stages) an unreachable store is a warning; with ``strict=True``
+    (re-logging) it raises :class:`TrackingError`.
+    """
+    identity = {"stage": paths.stage_kind_of(stage), "method": method, "seed": str(seed), **(tags or {})}
+    run = _new_run(stage, dataset, run_name(method, seed), identity, headline=headline, strict=strict)
+    if params:
+        run.log_params(params)
+    with _closing(run, stage_outputs(stage, dataset, method, seed)) as opened:
+        yield opened
+
+
+def find_model_run(client: Any, experiment: str, method: str, seed: int, model_md5: str) -> Any | None:
+    """The newest run in ``experiment`` whose train stage wrote the model file with ``model_md5``."""
+    if "'" in method:  # not a method name params.yaml accepts; no filter quoting to get wrong
+        return None
+    with quiet_store_logs():
+        found = _retrying(lambda: client.search_runs(
+            [experiment], f"tags.method = '{method}' and tags.seed = '{seed}' and tags.model_md5 = '{model_md5}'",
+            max_results=1, order_by=["attributes.start_time DESC"]))
+    return found[0] if found else None
+
+
+@contextmanager
+def evaluation_run(stage: str, dataset: str, method: str, seed: int, params: Mapping[str, Any], *,
+                   model: Path | None, headline: str | None = None,
+                   strict: bool = False) -> Iterator[Run]:
+    """The run an evaluate stage logs into: the run of the model it evaluates, or a new one.
+
+    ``model`` is the model file the embeddings came from (None for a concatenation, which has
+    none). Its md5 finds the train stage's run (:func:`find_model_run`); the evaluation's
+    params (``evaluate.*``) are added to it and its ``stage`` tag becomes ``train+evaluate``.
+    A new run (:func:`start_run`, ``stage = evaluate``) is made for a concatenation, where no
+    run holds that model, and where the run holds other values of these params (another
+    ``evaluate`` setting of the same model: MLflow params are write-once). On exit, as
+    :func:`start_run`: ``metrics_md5``, FINISHED / FAILED / KILLED.
+    """
+    uri = tracking_uri()
+    found = None
+    if model is not None and model.is_file():
+        try:
+            client = connect(uri)
+            with quiet_store_logs():
+                exp = experiment_id(client, dataset, headline)
+                found = find_model_run(client, exp, method, seed, file_md5(model))
+        except Exception as err:
+            yield _unavailable(uri, err, strict)
+            return
+    if found is None or param_conflicts(found.data.params, params):
+        with start_run(stage, dataset, method, seed, params, headline=headline, strict=strict) as run:
+            yield run
+        return
+    run = Run(client, found.info.run_id, strict=strict)
+    commit = git_commit(repository_root())
+    run.set_tags({"stage": "train+evaluate", "dvc_stage_evaluate": stage, "git_commit_evaluate": commit})
+    if "error" in found.data.tags:  # an earlier evaluation failed; this one starts afresh
+        run.delete_tag("error")
+    run.log_params({k: v for k, v in flatten_params(params).items() if k not in found.data.params})
+    with _closing(run, stage_outputs(stage, dataset, method, seed)) as opened:
+        yield opened
+
+
+def _report_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """``{method: {stat: number | {..}}}`` -> ``{"method/stat": number}`` (nested keys joined with
+    "."), numbers only: a null (an undefined std) or a text is left out."""
+    flat = flatten_params(summary)
+    out: dict[str, float] = {}
+    for key, value in flat.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        method, _, rest = key.partition(".")
+        out[f"{method}/{rest}" if rest else method] = float(value)
+    return out
+
+
+def log_report(dataset: str, summary: Mapping[str, Any], artifacts: Sequence[Path], *,
+               summary_file: Path | None = None, headline: str | None = None, tags: Mapping[str, str] | None = None,
+               strict: bool = False) -> str | None:
+    """Log one ``report`` run into the dataset's experiment: ``summary`` (per method, the report's
+    statistics over seeds) as metrics ``<method>/<statistic>``, and each existing file or folder of
+    ``artifacts`` (results.md, the figures); tagged ``summary_md5``, the md5 of ``summary_file``
+    (the report's summary.json, as dvc.lock records it). Returns the run id (None without a store)."""
+    run = _new_run("report", dataset, "report", {"stage": "report", **(tags or {})}, headline=headline,
+                   strict=strict)
+    with _closing(run, {"summary_md5": summary_file} if summary_file else {}) as opened:
+        opened.log_metrics(_report_metrics(summary))
+        for path in artifacts:
+            if path.is_dir():
+                opened.log_artifacts(path, path.name)
+            elif path.is_file():
+                opened.log_artifact(path)
+    return run.run_id
 
 
 def search_all_runs(client: Any, experiment_ids: Sequence[str], filter_string: str = "") -> list[Any]:

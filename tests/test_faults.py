@@ -184,6 +184,14 @@ def _by_stage(db: Path) -> dict[str, Any]:
     return {r.data.tags["dvc_stage"]: r for r in _runs(db)}
 
 
+def _by_model(db: Path) -> dict[tuple[str, str], Any]:
+    """The runs of a store by (method, seed); fails if a model has two runs."""
+    runs = _runs(db)
+    by = {(r.data.tags["method"], r.data.tags["seed"]): r for r in runs}
+    assert len(by) == len(runs), [r.info.run_name for r in runs]
+    return by
+
+
 def test_relog_recreates_the_live_runs_and_skips_what_is_present(workdir: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow import MlflowClient
@@ -210,30 +218,40 @@ def test_relog_recreates_the_live_runs_and_skips_what_is_present(workdir: Path, 
     assert first == {"train@digits-supcon-0": "logged", "evaluate@digits-supcon-0": "logged",
                      "train@digits-ce-0": "logged", "evaluate@digits-ce-0": "missing",
                      "train@digits-simclr-0": "missing", "evaluate@digits-simclr-0": "missing",
-                     "evaluate_concat@digits-both-0": "logged"}
+                     "evaluate_concat@digits-both-0": "logged", "report": "missing"}
 
-    # A re-logged run is the live run again: same params, tags and numbers, step by step.
-    live, relogged = _by_stage(live_db), _by_stage(relog_db)
-    for stage, output in (("train@digits-supcon-0", paths.model_path("digits", "supcon", 0)),
-                          ("evaluate@digits-supcon-0", paths.metrics_path("digits", "supcon", 0))):
-        a, b = live[stage], relogged[stage]
+    # The same layout as live: one run per model (the evaluation logged into the training run), the
+    # same params, tags and numbers, step by step.
+    live, relogged = _by_model(live_db), _by_model(relog_db)
+    assert set(live) == set(relogged) == {("supcon", "0"), ("ce", "0"), ("both", "0")}
+    for key, stage in ((("supcon", "0"), "train+evaluate"), (("ce", "0"), "train"), (("both", "0"), "evaluate")):
+        a, b = live[key], relogged[key]
+        assert a.info.run_name == b.info.run_name == f"{key[0]} s0"
         assert b.info.status == "FINISHED" and b.data.tags["relogged"] == "true"
+        assert a.data.tags["stage"] == b.data.tags["stage"] == stage
         assert a.data.params == b.data.params
-        for tag in ("dataset", "method", "seed", "dvc_stage", "git_commit", "output_md5"):
-            assert a.data.tags[tag] == b.data.tags[tag], tag
-        assert b.data.tags["output_md5"] == file_md5(output)
+        for tag in ("dataset", "method", "seed", "dvc_stage", "git_commit", "model_md5", "metrics_md5"):
+            assert a.data.tags.get(tag) == b.data.tags.get(tag), tag
         assert a.data.metrics == b.data.metrics
+    supcon = relogged[("supcon", "0")]
+    assert supcon.data.tags["model_md5"] == file_md5(paths.model_path("digits", "supcon", 0))
+    assert supcon.data.tags["metrics_md5"] == file_md5(paths.metrics_path("digits", "supcon", 0))
+    assert supcon.data.tags["dvc_stage_evaluate"] == "evaluate@digits-supcon-0"
+    assert supcon.data.params["parts"] == "supcon" and supcon.data.params["weights.supcon"] == "1.0"
+    assert supcon.data.params["evaluate.knn_k"] == str(params.evaluate.knn_k)
+    assert relogged[("both", "0")].data.params["parts"] == "supcon+ce"
+    assert not any(k.startswith("weights.") for k in relogged[("both", "0")].data.params)
     steps = {db: [(m.step, m.value) for m in MlflowClient(f"sqlite:///{db}").get_metric_history(
-        r["train@digits-supcon-0"].info.run_id, "loss/total")] for db, r in ((live_db, live), (relog_db, relogged))}
+        r[("supcon", "0")].info.run_id, "loss/total")] for db, r in ((live_db, live), (relog_db, relogged))}
     assert steps[live_db] == steps[relog_db] and [s for s, _ in steps[live_db]] == [1, 2]
 
-    # Rerunning adds nothing; the live store is recognised as complete too (its runs carry output_md5).
+    # Rerunning adds nothing; the live store is recognised as complete too (its runs carry the md5 tags).
     methods = ["supcon", "both"]
     assert {r.status for r in relog_runs(methods=methods)} == {"present"}
-    assert len(_runs(relog_db)) == 4
+    assert len(_runs(relog_db)) == 3
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{live_db}")
     assert {r.status for r in relog_runs(methods=methods)} == {"present"}
-    assert len(_runs(live_db)) == 4
+    assert len(_runs(live_db)) == 3
 
     # dvc.lock is the record of what made each output: a mismatch is reported, not logged.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'third.db'}")
@@ -292,7 +310,7 @@ def test_absurd_learning_rate_stops_with_a_clear_failure_and_no_result(workdir: 
     assert not (workdir / paths.history_path("digits", "supcon", 0)).exists()
     (run,) = _runs(workdir / "mlflow.db")
     assert run.info.status == "FAILED" and "NonFiniteLossError: non-finite loss" in run.data.tags["error"]
-    assert "output_md5" not in run.data.tags
+    assert "model_md5" not in run.data.tags
     # Nothing downstream can take it for a result.
     assert stage_main("embed", embed_job, argv=argv) == 1
     assert "model file not found; run its train stage" in capsys.readouterr().err
@@ -525,7 +543,7 @@ def test_concurrent_stages_share_a_fresh_sqlite_store(tmp_path: Path, prepared: 
     assert set(runs) == {"train@digits-supcon-0", "train@digits-ce-0", *(f"evaluate@digits-m{i}-0" for i in range(3))}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     for m in ("supcon", "ce"):
-        assert runs[f"train@digits-{m}-0"].data.tags["output_md5"] == file_md5(work / paths.model_path("digits", m, 0))
+        assert runs[f"train@digits-{m}-0"].data.tags["model_md5"] == file_md5(work / paths.model_path("digits", m, 0))
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")

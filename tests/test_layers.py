@@ -18,11 +18,11 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("domain: data, models, losses, evaluation, tracking", [
         "pipeline/data/*", "pipeline/models/*", "pipeline/augment.py", "pipeline/losses.py",
         "pipeline/losses_reference.py", "pipeline/distributed.py", "pipeline/evaluation/*",
-        "pipeline/figures.py", "pipeline/tracking.py"]),
+        "pipeline/figures.py", "pipeline/tracking.py", "pipeline/intervals.py"]),
     ("engines: training, embedding, tasks, reports", [
         "pipeline/training.py", "pipeline/embeddings.py", "pipeline/tasks.py", "pipeline/reports.py",
-        "pipeline/relog.py", "pipeline/suites.py"]),
-    ("jobs: what each stage does", ["pipeline/jobs/*", "pipeline/cli.py"]),
+        "pipeline/relog.py", "pipeline/suites.py", "pipeline/parallel.py"]),
+    ("jobs: what each stage does", ["pipeline/jobs/*", "pipeline/cli.py", "pipeline/ui.py"]),
     ("entry points", ["stages/*"]),
 ]
 

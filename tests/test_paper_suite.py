@@ -220,7 +220,7 @@ def test_smoke_experiment_reports_cover_every_paper_dataset(smoke: SmokeRun) -> 
         assert set(summary[dataset]) == set(PAPER.smoke_methods), dataset
         kind, metric = (("coarse-to-fine", "fine_head_acc") if dataset in COARSE
                         else ("worst-group", WorstGroup.HEADLINE))
-        assert all(metric in summary[dataset][m] for m in PAPER.smoke_methods), (dataset, metric)
+        assert all(summary[dataset][m]["metric"] == metric for m in PAPER.smoke_methods), (dataset, metric)
         assert any(h.startswith(f"## {dataset}") and kind in h for h in headings), (dataset, headings)
         # Every prepared cache came from a fabricated copy, flagged as such.
         assert cache_params(smoke.project / "data" / "prepared" / dataset)["fabricated"] is True

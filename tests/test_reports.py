@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from matplotlib.container import BarContainer
+from matplotlib.container import ErrorbarContainer
+from scipy import stats
 
 from conftest import ROOT, tiny_params, write_params
 from pipeline import paths
@@ -28,7 +29,7 @@ from pipeline.errors import OutputFileError
 from pipeline.formats import MODEL_FORMAT
 from pipeline.io import save_arrays
 from pipeline.evaluation.robustness import HEAD_RULES
-from pipeline.reports import bar_chart_figure, mean_std, write_report
+from pipeline.reports import collect, headline_figure, mean_std, write_report
 from pipeline.tasks import WorstGroup
 
 WG_HEADLINE = WorstGroup.HEADLINE
@@ -77,8 +78,36 @@ def _metric_keys(task: str) -> list[str]:
     return keys + [f"{prefix}/{k}" for prefix in ("discovery", "discovery_kmeans") for k in scores]
 
 
-def make_project(root: Path, prepared: Path, seeds: tuple[int, ...]) -> Params:
-    """params.yaml, the prepared caches and every metrics, embedding and model file the report reads."""
+N_TEST = 200  # test images of the tiny project's per-image files
+WG_HEAD = WG_HEADLINE.split("/")[0]
+
+
+def _correct(ds: str, method: str, seed: int) -> np.ndarray:
+    """(N_TEST,) correct flags of a run's headline head: a fixed, distinct draw per run."""
+    rng = np.random.default_rng(zlib.crc32(f"{ds}/{method}/{seed}".encode()))
+    return rng.random(N_TEST) < _value(ds, method, seed, "p") / 100.0
+
+
+def _per_image(ds: str, method: str, seed: int) -> dict[str, np.ndarray]:
+    """The evaluate stage's per-image file of a run (see pipeline.tasks.Task.evaluate)."""
+    correct = _correct(ds, method, seed)
+    if ds == "digits":
+        return {"fine_head_acc": correct, "fine_probe_acc": correct, "fine_knn_acc": correct,
+                "fine": np.arange(N_TEST) % 10}
+    return {WG_HEAD: correct, "group": np.arange(N_TEST) % 4}
+
+
+def _headline_of_images(ds: str, per_image: dict[str, np.ndarray]) -> float:
+    """The headline of a per-image file, computed here by hand (a loop over groups)."""
+    if ds == "digits":
+        return 100.0 * float(np.mean(per_image["fine_head_acc"]))
+    group = per_image["group"]
+    return 100.0 * min(float(np.mean(per_image[WG_HEAD][group == g])) for g in np.unique(group))
+
+
+def make_project(root: Path, prepared: Path, seeds: tuple[int, ...], per_image=_per_image) -> Params:
+    """params.yaml, the prepared caches and every metrics, per-image, embedding, model and history
+    file the report reads; each metrics file's headline is that of its per-image file."""
     write_params(root / "params.yaml", _params_dict(seeds))
     params = validate(_params_dict(seeds))
     shutil.copytree(prepared, root / "data" / "prepared", dirs_exist_ok=True)
@@ -87,6 +116,9 @@ def make_project(root: Path, prepared: Path, seeds: tuple[int, ...]) -> Params:
         for m in params.methods_for(ds):
             for s in seeds:
                 metrics = {k: _value(ds, m, s, k) for k in _metric_keys(task)}
+                images = per_image(ds, m, s)
+                save_arrays(root / paths.predictions_path(ds, m, s), images)
+                metrics["fine_head_acc" if ds == "digits" else WG_HEADLINE] = _headline_of_images(ds, images)
                 path = root / paths.metrics_path(ds, m, s)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -95,6 +127,9 @@ def make_project(root: Path, prepared: Path, seeds: tuple[int, ...]) -> Params:
                             {"test_x": rng.normal(size=(40, 6)).astype(np.float32),
                              "test_fine" if task == "coarse_to_fine" else "test_group": labels})
                 if not params.is_concat(m):
+                    history = root / paths.history_path(ds, m, s)
+                    history.parent.mkdir(parents=True, exist_ok=True)
+                    history.write_text(json.dumps([{"epoch": e, "loss/total": 3.0 / e + s} for e in (1, 2, 3)]))
                     model = root / paths.model_path(ds, m, s)
                     model.parent.mkdir(parents=True, exist_ok=True)
                     torch.save({"format": MODEL_FORMAT, "backbone": "small_cnn", "image_shape": [1, 8, 8],
@@ -128,6 +163,17 @@ def test_mean_std_has_no_std_for_one_value() -> None:
     assert mean == pytest.approx(7 / 3) and std == pytest.approx(_sample_std([1.0, 2.0, 4.0]))
 
 
+SUMMARY_KEYS = {"metric", "mean", "std", "n"}
+LIFT_KEYS = {"lift", "lift_std", "lift_t95_low", "lift_t95_high", "lift_boot95_low", "lift_boot95_high"}
+
+
+def _paired_t(diffs: list[float]) -> tuple[float, float]:
+    """The t interval of the mean of per-seed differences, by its textbook formula."""
+    n = len(diffs)
+    half = stats.t.ppf(0.975, n - 1) * _sample_std(diffs) / math.sqrt(n)
+    return sum(diffs) / n - half, sum(diffs) / n + half
+
+
 def test_one_seed_report_shows_the_value_and_n_1_without_spread(workdir: Path, prepared: Path) -> None:
     params = make_project(workdir, prepared, seeds=(0,))
     write_report(params, paths.REPORTS)
@@ -143,11 +189,14 @@ def test_one_seed_report_shows_the_value_and_n_1_without_spread(workdir: Path, p
     supcon, supcon_geometry = _rows(digits, "supcon")
     assert supcon[2:6] == [f"{_metric(workdir, 'digits', 'supcon', 0, k):.1f}"
                            for k in ("fine_head_acc", "fine_probe_acc", "fine_knn_acc", "coarse_probe_acc")]
+    assert supcon[6] == "—"  # the baseline has no lift over itself
     assert supcon_geometry[1:] == [f"{_metric(workdir, 'digits', 'supcon', 0, k):.3f}" for k in GEOMETRY]
     thanos = _rows(digits, "thanos")[0]
     lift = (_metric(workdir, "digits", "thanos", 0, "fine_head_acc")
             - _metric(workdir, "digits", "supcon", 0, "fine_head_acc"))
-    assert thanos[6] == f"{lift:+.1f}"  # the single paired difference, no ±
+    # The single paired difference; no seeds' interval (—); the test images' interval; never significant.
+    assert thanos[6].startswith(f"{lift:+.1f} [—]; [") and thanos[6].endswith("] n.s.")
+    assert "above `supcon`, largest lift first: none; below `supcon`: none; not distinguishable" in digits
 
     robust = sections["spurious_digits"]
     assert robust.count("One seed (n = 1, seed 0)") == 1
@@ -157,37 +206,35 @@ def test_one_seed_report_shows_the_value_and_n_1_without_spread(workdir: Path, p
         f"{_metric(workdir, 'spurious_digits', 'ce_ae', 0, f'{h}/worst_group_acc'):.1f} / "
         f"{_metric(workdir, 'spurious_digits', 'ce_ae', 0, f'{h}/avg_acc'):.1f}" for h in shown]
 
-    summary = json.loads((workdir / "reports/summary.json").read_text())
-    entries = [e for ds in summary.values() for m in ds.values() for e in m.values()]
-    assert len(entries) > 100 and all(e["std"] is None and e["n"] == 1 for e in entries)
-    assert summary["digits"]["thanos"]["lift_over_supcon"]["mean"] == pytest.approx(lift, abs=1e-4)
-    assert '"std": null' in (workdir / "reports/summary.json").read_text()
+    text = (workdir / "reports/summary.json").read_text()
+    summary = json.loads(text)
+    rows = [row for ds in summary.values() for row in ds.values()]
+    assert len(rows) == 8 and all(r["std"] is None and r["n"] == 1 for r in rows)
+    thanos_row = summary["digits"]["thanos"]
+    assert thanos_row["lift"] == pytest.approx(lift, abs=1e-4)
+    assert thanos_row["lift_t95_low"] is None and thanos_row["lift_t95_high"] is None  # undefined for n = 1
+    assert thanos_row["lift_boot95_low"] <= thanos_row["lift"] <= thanos_row["lift_boot95_high"]
+    assert '"std": null' in text
 
 
-def test_one_seed_bar_chart_has_no_error_bars(workdir: Path, prepared: Path) -> None:
-    params = make_project(workdir, prepared, seeds=(0,))
+def test_summary_is_compact_and_its_rows_are_the_dvc_metrics_files(workdir: Path, prepared: Path) -> None:
+    params = make_project(workdir, prepared, seeds=(0, 1))
     write_report(params, paths.REPORTS)
-    assert (workdir / "reports/headline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((workdir / "reports/summary.json").read_text())
-    fig = bar_chart_figure(params, summary)
-    try:
-        axes = fig.axes
-        assert [ax.get_title() for ax in axes] == ["digits: n = 1 (seed 0)", "spurious_digits: n = 1 (seed 0)"]
-        for ax, headline in zip(axes, ("fine_head_acc", WG_HEADLINE)):
-            (bars,) = ax.containers  # a BarContainer and no ErrorbarContainer
-            assert isinstance(bars, BarContainer) and bars.errorbar is None
-            assert len(ax.collections) == 0 and len(ax.lines) == 0  # no error-bar segments or caps
-            methods = [t.get_text() for t in ax.get_xticklabels()]
-            assert sorted(methods) == sorted(METHODS)
-            assert [b.get_height() for b in bars] == pytest.approx(
-                [_metric(workdir, ax.get_title().split(":")[0], m, 0, headline) for m in methods], abs=1e-4)
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+    assert {ds: set(methods) for ds, methods in summary.items()} == {
+        ds: set(params.methods_for(ds)) for ds in ("digits", "spurious_digits")}
+    for ds, methods in summary.items():
+        for m, row in methods.items():
+            # Only the headline and its lift: the baseline has no lift over itself.
+            assert set(row) == (SUMMARY_KEYS if m == "supcon" else SUMMARY_KEYS | LIFT_KEYS), (ds, m)
+            assert row["metric"] == ("fine_head_acc" if ds == "digits" else WG_HEADLINE)
+            assert json.loads((workdir / f"reports/metrics/{ds}/{m}.json").read_text()) == row
+    assert sorted(p.relative_to(workdir / "reports/metrics").as_posix()
+                  for p in (workdir / "reports/metrics").rglob("*.json")) == sorted(
+        f"{ds}/{m}.json" for ds in summary for m in summary[ds])
 
 
-def test_two_seeds_report_sample_std_and_paired_lift(workdir: Path, prepared: Path) -> None:
+def test_two_seeds_report_sample_std_and_paired_lift_intervals(workdir: Path, prepared: Path) -> None:
     params = make_project(workdir, prepared, seeds=(0, 1))
     write_report(params, paths.REPORTS)
     summary = json.loads((workdir / "reports/summary.json").read_text())
@@ -195,46 +242,148 @@ def test_two_seeds_report_sample_std_and_paired_lift(workdir: Path, prepared: Pa
     assert "Every cell: mean ± sample std over seeds 0, 1 (n = 2)" in md
     assert "n = 1" not in md and "Train min/run" not in md
 
-    for ds, key in (("digits", "fine_head_acc"), ("spurious_digits", WG_HEADLINE),
-                    ("digits", "geom_uniformity")):
+    for ds, key in (("digits", "fine_head_acc"), ("spurious_digits", WG_HEADLINE)):
         for m in METHODS:
             values = [_metric(workdir, ds, m, s, key) for s in (0, 1)]
-            entry = summary[ds][m][key]
-            assert entry["n"] == 2 and entry["mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
-            assert entry["std"] == pytest.approx(_sample_std(values), abs=1e-4)
-            assert entry["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2), abs=1e-4)
-    diffs = [_metric(workdir, "digits", "thanos", s, "fine_head_acc")
-             - _metric(workdir, "digits", "supcon", s, "fine_head_acc") for s in (0, 1)]
-    lift = summary["digits"]["thanos"]["lift_over_supcon"]
-    assert lift["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-4)
-    assert lift["std"] == pytest.approx(_sample_std(diffs), abs=1e-4)
+            row = summary[ds][m]
+            assert row["n"] == 2 and row["mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
+            assert row["std"] == pytest.approx(_sample_std(values), abs=1e-4)
+            assert row["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2), abs=1e-4)
+        for m in ("supcon_cnce", "ce_ae", "thanos"):
+            diffs = [_metric(workdir, ds, m, s, key) - _metric(workdir, ds, "supcon", s, key) for s in (0, 1)]
+            row = summary[ds][m]
+            assert row["lift"] == pytest.approx(sum(diffs) / 2, abs=1e-4)
+            assert row["lift_std"] == pytest.approx(_sample_std(diffs), abs=1e-4)
+            assert (row["lift_t95_low"], row["lift_t95_high"]) == pytest.approx(_paired_t(diffs), abs=1e-4)
+            assert row["lift_boot95_low"] < row["lift"] < row["lift_boot95_high"]
 
     digits = _sections(md)["digits"]
     assert "One seed" not in digits
-    head = summary["digits"]["supcon"]["fine_head_acc"]
+    head = summary["digits"]["supcon"]
     assert _rows(digits, "supcon")[0][2] == f"{head['mean']:.1f} ± {head['std']:.1f}"
-    assert _rows(digits, "thanos")[0][6] == f"{lift['mean']:+.1f} ± {lift['std']:.1f}"
-    geom = summary["digits"]["supcon"]["geom_uniformity"]
-    assert f"{geom['mean']:.3f} ± {geom['std']:.3f}" in _rows(digits, "supcon")[1]
+    lift = summary["digits"]["thanos"]
+    cell = (f"{lift['lift']:+.1f} [{lift['lift_t95_low']:+.1f}, {lift['lift_t95_high']:+.1f}]; "
+            f"[{lift['lift_boot95_low']:+.1f}, {lift['lift_boot95_high']:+.1f}]")
+    assert _rows(digits, "thanos")[0][6] in (cell, f"{cell} n.s.")
 
-    fig = bar_chart_figure(params, summary)
+
+def _shifted(ds: str, method: str, seed: int) -> dict[str, np.ndarray]:
+    """supcon's images for every method, except thanos: supcon with 30 of its wrong images right
+    (a clear lift on every seed), and ce_ae: the same as supcon (no lift at all)."""
+    images = _per_image(ds, "supcon", seed)
+    key = "fine_head_acc" if ds == "digits" else WG_HEAD
+    correct = images[key].copy()
+    if method == "thanos":
+        correct[np.flatnonzero(~correct)[:30]] = True
+    elif method == "supcon_cnce":
+        correct[np.flatnonzero(correct)[: 5 + 20 * seed]] = False  # below supcon, by a varying amount
+    images[key] = correct
+    if ds == "digits":
+        images.update({k: correct for k in ("fine_probe_acc", "fine_knn_acc")})
+    return images
+
+
+def test_a_lift_whose_interval_includes_0_is_marked_and_not_ranked(workdir: Path, prepared: Path) -> None:
+    params = make_project(workdir, prepared, seeds=(0, 1, 2), per_image=_shifted)
+    write_report(params, paths.REPORTS)
+    summary = json.loads((workdir / "reports/summary.json").read_text())
+    digits = _sections((workdir / "reports/results.md").read_text())["digits"]
+    same = summary["digits"]["ce_ae"]
+    assert same["lift"] == 0.0 and same["lift_boot95_low"] == same["lift_boot95_high"] == 0.0
+    assert _rows(digits, "ce_ae")[0][6] == "+0.0 [+0.0, +0.0]; [+0.0, +0.0] n.s."
+    assert summary["digits"]["thanos"]["lift_t95_low"] > 0 and summary["digits"]["thanos"]["lift_boot95_low"] > 0
+    assert not _rows(digits, "thanos")[0][6].endswith("n.s.")
+    assert ("above `supcon`, largest lift first: `thanos` (+15.0); below `supcon`: none; not distinguishable "
+            "from `supcon` (n.s.: an interval includes 0): `supcon_cnce`, `ce_ae`.") in digits
+
+
+def test_report_is_byte_identical_on_rerun(workdir: Path, prepared: Path) -> None:
+    params = make_project(workdir, prepared, seeds=(0, 1))
+    write_report(params, paths.REPORTS)
+    files = sorted(p for p in (workdir / "reports").rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    write_report(params, paths.REPORTS)
+    assert sorted(p for p in (workdir / "reports").rglob("*") if p.is_file()) == files
+    assert all(p.read_bytes() == before[p] for p in files)
+    assert {p.relative_to(workdir / "reports").as_posix() for p in files if p.suffix == ".png"} == {
+        "headline.png", "projections/digits.png", "projections/spurious_digits.png", "history/digits.png",
+        "history/spurious_digits.png"}
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
+def test_headline_figure_has_a_dot_per_seed_an_honest_axis_and_a_lift_panel(workdir: Path, prepared: Path,
+                                                                          seeds: tuple[int, ...]) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection
+
+    params = make_project(workdir, prepared, seeds=seeds)
+    write_report(params, paths.REPORTS)
+    assert (workdir / "reports/headline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = collect(params)
+    from pipeline.reports import headline_statistics, lifts, summarise
+
+    headlines = {"digits": "fine_head_acc", "spurious_digits": WG_HEADLINE}
+    summary = summarise(runs, "supcon", lifts(runs, headline_statistics(params, runs), "supcon", headlines))
+    fig = headline_figure(params, runs, summary)
     try:
-        for ax, ds, headline in zip(fig.axes, ("digits", "spurious_digits"),
-                                    ("fine_head_acc", WG_HEADLINE)):
-            assert ax.get_title() == f"{ds}: mean ± std over 2 seeds"
-            (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
-            assert bars.errorbar is not None
+        panels = np.array(fig.axes).reshape(2, 2)
+        for (ax, lift_ax), ds, chance in zip(panels, ("digits", "spurious_digits"), (10.0, 0.0)):
+            headline = headlines[ds]
             methods = [t.get_text() for t in ax.get_xticklabels()]
-            (segments,) = bars.errorbar.lines[2]
-            half = [(seg[1][1] - seg[0][1]) / 2 for seg in segments.get_segments()]
-            assert half == pytest.approx([summary[ds][m][headline]["std"] for m in methods], abs=1e-6)
-            assert [b.get_height() for b in bars] == pytest.approx(
-                [summary[ds][m][headline]["mean"] for m in methods], abs=1e-6)
-            assert ax.get_ylim()[0] <= min(summary[ds][m][headline]["mean"] - summary[ds][m][headline]["std"]
-                                           for m in methods)  # whole error bars, none cut at the axis
-    finally:
-        import matplotlib.pyplot as plt
+            assert sorted(methods) == sorted(METHODS)
+            assert ax.get_ylim() == (chance, 100.0)  # from chance (10 fine classes) or 0, not from the data
+            dots = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]
+            assert len(dots) == len(methods)
+            for i, (m, xy) in enumerate(zip(methods, dots)):
+                assert len(xy) == len(seeds)  # one dot per seed
+                assert np.all(np.abs(xy[:, 0] - i) < 0.3)
+                assert sorted(xy[:, 1]) == pytest.approx(sorted(_metric(workdir, ds, m, s, headline) for s in seeds))
+            bars = [p for p in ax.patches]
+            assert [b.get_y() for b in bars] == pytest.approx([chance] * len(methods))
+            assert [b.get_y() + b.get_height() for b in bars] == pytest.approx(
+                [np.mean([_metric(workdir, ds, m, s, headline) for s in seeds]) for m in methods])
+            errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+            assert len(errorbars) == (len(methods) if len(seeds) > 1 else 0)  # no interval from one seed
+            if len(seeds) > 1:
+                values = [_metric(workdir, ds, methods[0], s, headline) for s in seeds]
+                (segments,) = errorbars[0].lines[2]
+                (low, high) = segments.get_segments()[0][:, 1]
+                mean, std = np.mean(values), _sample_std(values)
+                half = stats.t.ppf(0.975, len(seeds) - 1) * std / math.sqrt(len(seeds))
+                assert (low, high) == pytest.approx((mean - half, mean + half), abs=1e-6)
 
+            others = [t.get_text() for t in lift_ax.get_xticklabels()]
+            assert others == [m for m in methods if m != "supcon"]  # a lift for each method but the baseline
+            lift_dots = [c.get_offsets() for c in lift_ax.collections if isinstance(c, PathCollection)]
+            for m, xy in zip(others, lift_dots):
+                diffs = [_metric(workdir, ds, m, s, headline) - _metric(workdir, ds, "supcon", s, headline)
+                         for s in seeds]
+                assert sorted(xy[:, 1]) == pytest.approx(sorted(diffs))
+            zero = [line for line in lift_ax.lines if list(line.get_ydata()) == [0.0, 0.0]]
+            assert len(zero) == 1  # the line at no lift
+    finally:
+        plt.close(fig)
+
+
+def test_projection_is_coloured_by_group_with_a_named_legend(workdir: Path, prepared: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from pipeline.reports import projection_figure
+
+    params = make_project(workdir, prepared, seeds=(0,))
+    fig = projection_figure(params, "spurious_digits")
+    try:
+        (legend,) = fig.legends
+        assert legend.get_title().get_text() == "group"
+        assert [t.get_text() for t in legend.get_texts()] == ["0-4 / red", "0-4 / blue", "5-9 / red", "5-9 / blue"]
+        assert not any(ax.get_label() == "<colorbar>" for ax in fig.axes)  # categorical: no colour bar
+        assert [ax.get_title() for ax in fig.axes if ax.collections] == list(params.methods_for("spurious_digits"))
+    finally:
+        plt.close(fig)
+    fig = projection_figure(params, "digits")
+    try:
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == [str(d) for d in range(10)]
+    finally:
         plt.close(fig)
 
 

@@ -126,7 +126,8 @@ def _entry(value: float, std: float | None = 1.0) -> dict[str, Any]:
 
 def _section(task_keys: list[str], spec: Facts, references: tuple[Facts, ...]) -> SectionInput:
     entry = {k: _entry(60.0 + i) for i, k in enumerate(task_keys)}
-    entry["lift_over_supcon"] = _entry(0.0, 0.0)
+    entry["lift_over_supcon"] = {"mean": 0.5, "std": 0.1, "n": 2, "t95": [-0.4, 1.4], "boot95": [0.1, 0.9],
+                                 "distinguishable": False}
     return SectionInput(dataset="mine", spec=spec, references=references, methods={"supcon": entry},
                         describe={"supcon": "1·supcon"}, baseline="supcon", recipe="Recipe.",
                         hardware="Trained on: here.", one_seed=[], label_names={"group": {1: "5-9 / red"}})
@@ -164,7 +165,8 @@ def test_coarse_to_fine_paper_column_comes_from_the_reference_datasets() -> None
     keys = [*CoarseToFine.COLUMNS, "geom_uniformity"]
     ref = Facts("tenclass", "Ten-Class", {"supcon": 51.8}, "coarse -> fine top-1")
     same = "\n".join(task.report_section(_section(keys, ref, (ref,))))
-    assert "| Lift over supcon | Paper, Ten-Class |" in same and same.count("| 51.8 |") == 1
+    assert "| Lift over supcon [95 % CI: seeds; test images] | Paper, Ten-Class |" in same
+    assert same.count("| 51.8 |") == 1 and "| +0.5 [-0.4, +1.4]; [+0.1, +0.9] n.s. | 51.8 |" in same
     assert "Paper column: Ten-Class coarse -> fine top-1 (METHOD.md section 6), the same task" in same
     other = "\n".join(task.report_section(_section(keys, Facts("small"), (ref,))))
     assert "(METHOD.md section 6), a different dataset and scale" in other

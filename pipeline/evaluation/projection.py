@@ -15,6 +15,22 @@ import numpy as np
 from pipeline.evaluation.common import check_features, check_labels
 
 METHODS = ("pca", "tsne")
+# At most this many labels get a colour each and a legend entry; more get a continuous map.
+MAX_CATEGORIES = 20
+
+
+def categorical_colours(n: int, paired: bool = False) -> list[tuple[float, float, float, float]] | None:
+    """n distinct RGBA colours (tab10, or tab20 beyond 10); None beyond :data:`MAX_CATEGORIES`.
+
+    ``paired``: tab20's pairs, a hue per two consecutive categories, dark then light: for groups
+    numbered label x 2 + attribute, a hue per label and a shade per attribute value.
+    """
+    import matplotlib
+
+    if n > MAX_CATEGORIES:
+        return None
+    cmap = matplotlib.colormaps["tab10" if n <= 10 and not paired else "tab20"]
+    return [cmap(i) for i in range(n)]
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
@@ -62,10 +78,10 @@ def plot_projection(
     """Scatter a 2-D projection of (N, D) embeddings coloured by (N,) labels; return the PNG path.
 
     At most ``max_points`` points are drawn (a seeded subsample, also fed to the projection).
-    Up to 20 distinct labels get a categorical palette and a legend (entries
-    ``label_names[label]``, indexed by label value, when given); more get a continuous map.
+    Up to 20 distinct labels get a categorical palette and a legend beside the plot (entries
+    ``label_names[label]``, indexed by label value, when given: "5-9 / red"); more get a
+    continuous map with a colour bar.
     """
-    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -81,25 +97,25 @@ def plot_projection(
         x, labels = x[keep], labels[keep]
     coords = project_2d(x, method=method, seed=seed)
 
-    fig = Figure(figsize=(5, 5), dpi=120)
+    # Constrained layout keeps the title, the plot and the legend outside it from overlapping.
+    fig = Figure(figsize=(6.4, 5), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)  # attaches a non-interactive canvas: no global backend switch
     ax = fig.add_subplot()
     values = np.unique(labels)
-    if len(values) <= 20:
-        cmap = matplotlib.colormaps["tab10" if len(values) <= 10 else "tab20"]
-        for i, value in enumerate(values):
+    colours = categorical_colours(len(values))
+    if colours is not None:
+        for value, colour in zip(values, colours):
             mask = labels == value
-            name = label_names[value] if label_names is not None else str(value)
-            ax.scatter(*coords[mask].T, s=8, color=cmap(i), label=name, alpha=0.8, linewidths=0)
-        ax.legend(fontsize=7, markerscale=2, loc="best", frameon=False)
+            name = str(label_names[value]) if label_names is not None else str(value)
+            ax.scatter(*coords[mask].T, s=8, color=colour, label=name, alpha=0.8, linewidths=0)
+        fig.legend(fontsize=7, markerscale=2, loc="outside right upper", frameon=False)
     else:
         points = ax.scatter(*coords.T, s=8, c=labels, cmap="turbo", alpha=0.8, linewidths=0)
         fig.colorbar(points, ax=ax, fraction=0.046)
     ax.set_xticks([])
     ax.set_yticks([])
     default_title = f"{'PCA' if method == 'pca' else 't-SNE'} of {len(x)} embeddings"
-    ax.set_title(title or default_title, fontsize=9)
-    fig.tight_layout()
+    ax.set_title(title or default_title, fontsize=9, wrap=True)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

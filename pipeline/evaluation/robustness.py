@@ -337,6 +337,7 @@ def evaluate_robustness(
     eval_every: int = 50,
     adjustment: float = 0.0,
     device: str | None = None,
+    test_predictions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Every head under every rule of :data:`HEAD_RULES`, plus discovery scores, as ``{name: float}``.
 
@@ -352,7 +353,9 @@ def evaluate_robustness(
     deterministic. Settings: ``george`` and ``kmeans``, keyword arguments of
     :func:`~pipeline.evaluation.george.george_discover` and
     :func:`~pipeline.evaluation.grouping.discover_groups`; ``cs``, the C grid of the logistic
-    heads; ``etas`` .. ``adjustment``, those of :func:`fit_group_dro`.
+    heads; ``etas`` .. ``adjustment``, those of :func:`fit_group_dro`. ``test_predictions``, when
+    given, receives each chosen head's (N_test,) predicted labels under ``"{head}.{rule}"`` (the
+    per-image results the report's bootstrap resamples).
     """
     (tr_x, tr_y, tr_g), (va_x, va_y, va_g), (te_x, te_y, te_g) = (
         _check_triple(s, n) for s, n in ((train, "train"), (val, "val"), (test, "test"))
@@ -395,6 +398,8 @@ def evaluate_robustness(
         for rule in rule_list:
             head = heads[name][rule]
             pred = classes[head.model.predict(xs[2]).cpu().numpy()]
+            if test_predictions is not None:
+                test_predictions[f"{name}.{rule}"] = pred
             metrics = group_metrics(pred, te_y, te_g, tr_g) | {
                 "val_selection_acc": head.val_worst_group_acc, **head.hyperparameters}
             out.update({f"{name}.{rule}/{k}": float(v) for k, v in metrics.items()})

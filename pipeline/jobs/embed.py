@@ -27,4 +27,6 @@ def embed_job(params: Params, dataset: str, method: str, seed: int) -> None:
     arrays = concat_embeddings([embed_records(paths.model_path(dataset, p, seed), records, augment=augment)
                                 for p in parts])
     arrays["meta_task"] = np.array(records.task)
+    for label, names in records.class_names.items():  # e.g. meta_names_group = ["0-4 / red", ...]
+        arrays[f"meta_names_{label}"] = np.array([str(n) for n in names])
     save_arrays(paths.embedding_path(dataset, method, seed), arrays)

@@ -50,7 +50,7 @@ def train_job(params: Params, dataset: str, method: str, seed: int, *, progress:
     if ds_params.recipe.pretrained is not None:  # fetched (or found) and hash-checked before any work
         init = load_pretrained(ds_params.recipe.pretrained, ds_params.recipe.backbone, params.data.raw_root)
     stage = paths.stage_name(params.stage_kind("train", dataset, method), dataset, method, seed)
-    logged = run_params(params, "train", dataset, method)
+    logged = run_params(params, "train", dataset, method, seed)
     timings: list[dict[str, float]] = []
 
     def on_epoch(record: dict[str, float]) -> None:
