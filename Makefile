@@ -53,4 +53,4 @@ ui-screenshots: $(STAMP)
 # SET='key=value ...' adds `dvc exp run -S` overrides, e.g. SET=datasets.cifar10.recipe.epochs=600.
 .PHONY: paper
 paper: $(STAMP)
-	$(BIN)/python -m stages.suite paper $(if $(filter 1 true yes,$(SMOKE)),--smoke) $(foreach s,$(SET),-S '$(s)')
+	$(BIN)/python -m stages.suite paper $(if $(filter 1 true yes,$(SMOKE)),--smoke,--parallel $(if $(WORKERS),--workers $(WORKERS))) $(foreach s,$(SET),-S '$(s)')

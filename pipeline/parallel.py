@@ -190,6 +190,8 @@ def reproduce(root: str | Path = ".", targets: Sequence[str] = (), *, workers: i
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=40)
         client = Client(cluster)
+    # How many stages run at once: one per local worker, or the threads of a running cluster.
+    capacity = workers if scheduler is None else max(1, sum(client.nthreads().values()))
     repo = Repo(str(root))
     try:
         with repo.lock:
@@ -206,23 +208,30 @@ def reproduce(root: str | Path = ".", targets: Sequence[str] = (), *, workers: i
                 summary.results.append(result)
                 bar.update(1)
 
-            while pending or running:
-                for stage in list(pending):
+            ready: list[Any] = []  # upstream all done, not yet checked: checked when a worker is free
+            while True:
+                for stage in list(pending):  # (plan order: dependencies first)
                     ups = [status.get(u) for u in upstream[stage]]
                     if any(u in ("failed", "skipped") for u in ups):
                         pending.remove(stage)
                         finish(stage, StageResult(stage.addressing, "skipped"))
                     elif all(u is not None for u in ups):
                         pending.remove(stage)
-                        if not force and not stage.changed(False, upstream[stage]):
-                            finish(stage, StageResult(stage.addressing, "unchanged"))
-                            continue
-                        stage.remove_outs(ignore_remove=False, force=False)
-                        argv, cwd, env = _command(stage, threads)
-                        log = str(root / LOG_DIR / f"{stage.addressing.replace('/', '_')}.log")
-                        future = client.submit(execute, argv, cwd, env, log, gpus, pure=False,
-                                               key=f"stage-{stage.addressing}-{time.time_ns()}")
-                        running[future] = (stage, log)
+                        ready.append(stage)
+                if ready and len(running) < capacity:
+                    # "changed?" only now, one stage at a time: hashing its deps costs this process CPU
+                    # time, which the workers would otherwise wait for when many stages become ready.
+                    stage = ready.pop(0)
+                    if not force and not stage.changed(False, upstream[stage]):
+                        finish(stage, StageResult(stage.addressing, "unchanged"))
+                        continue
+                    stage.remove_outs(ignore_remove=False, force=False)
+                    argv, cwd, env = _command(stage, threads)
+                    log = str(root / LOG_DIR / f"{stage.addressing.replace('/', '_')}.log")
+                    future = client.submit(execute, argv, cwd, env, log, gpus, pure=False,
+                                           key=f"stage-{stage.addressing}-{time.time_ns()}")
+                    running[future] = (stage, log)
+                    continue
                 if not running:
                     break
                 bar.set_postfix_str("running: " + ", ".join(s.addressing for s, _ in running.values()), refresh=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import copy
 import shutil
 from pathlib import Path
@@ -211,3 +213,21 @@ def test_stage_dry_run_prints_the_command_and_runs_nothing(
         "params.yaml"]
     assert main(["paper", "--smoke", "--dry-run", "--params", "missing.yaml"]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_parallel_paper_run_applies_the_overrides_and_names_the_runner(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make paper` (--parallel): the same overrides as `dvc exp run`, applied to params.yaml by DVC's
+    code, then pipeline.parallel; --dry-run changes nothing."""
+    from stages.suite import main
+
+    text = yaml.safe_dump(repo_params(), sort_keys=False)
+    (workdir / "params.yaml").write_text(text)
+    assert main(["paper", "--parallel", "--workers", "8", "--dry-run", "-S", "suite.seeds=[7]"]) == 0
+    out = capsys.readouterr().out
+    assert "applies to params.yaml: " + " ".join(shlex.quote(o) for o in overrides("paper", extra=["suite.seeds=[7]"])) in out
+    assert out.rstrip().endswith("python -m pipeline.parallel --workers 8")
+    assert (workdir / "params.yaml").read_text() == text
+    with pytest.raises(SystemExit):
+        main(["paper", "--parallel", "--smoke"])
+    assert "choose one" in capsys.readouterr().err
