@@ -288,7 +288,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                         help="worker processes (default: one per GPU, else one per CPU core)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per stage process (default: cores // workers on a CPU)")
-    parser.add_argument("-f", "--force", action="store_true", help="rerun every stage, as `dvc repro --force`")
+    parser.add_argument("-f", "--force", action="store_true", help="rerun every stage, as dvc repro --force does")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (a cluster) instead of local workers")
     where.add_argument("--cluster", choices=CLUSTERS,

@@ -1,6 +1,7 @@
 """Run a named suite as a DVC experiment: see :mod:`pipeline.suites`.
 
-    python -m stages.suite paper [--smoke | --parallel [--workers N]] [--dry-run] [-S KEY=VALUE ...]
+    python -m stages.suite paper [--smoke] [--dry-run] [-S KEY=VALUE ...]
+    python -m stages.suite paper --parallel [--workers N] [--dry-run] [-S KEY=VALUE ...]
 
 ``make paper`` and ``make paper SMOKE=1`` call this. It runs ``dvc exp run`` with the suite's
 ``-S`` overrides (``--dry-run`` only prints the command); extra ``-S`` overrides go last and win,
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="the params file whose methods the smoke trims")
     parser.add_argument("--parallel", action="store_true",
                         help="apply the overrides to params.yaml, then run the stages concurrently on every GPU "
-                             "(python -m pipeline.parallel) instead of one `dvc exp run`")
+                             "(python -m pipeline.parallel) instead of one dvc exp run")
     parser.add_argument("--workers", type=int, help="with --parallel: worker processes (default: one per GPU)")
     args = parser.parse_args(argv)
     if args.parallel and args.smoke:

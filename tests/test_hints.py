@@ -43,7 +43,7 @@ EXPERIMENT = "no-such-exp"
 
 # Placeholder -> value in the scratch project: whole words of a usage line, and {expressions} of
 # f-strings (by their source text).
-WORDS = {"NAME": DATASET, "D": DATASET, "M": METHOD, "S": SEED, "KEY=VALUE": "suite.seeds=[0]"}
+WORDS = {"NAME": DATASET, "D": DATASET, "M": METHOD, "S": SEED, "KEY=VALUE": "suite.seeds=[0]", "N": "1"}
 FIELDS = {
     "dataset": DATASET, "name": DATASET, "args.dataset": DATASET, "item": DATASET,
     "method": METHOD, "args.method": METHOD, "seed": SEED, "args.seed": SEED,
