@@ -39,7 +39,7 @@ def _copy(dest: Path, tiny: bool) -> Path:
         params = yaml.safe_load((dest / "params.yaml").read_text())
         small = copy.deepcopy(params)
         small["suite"]["seeds"] = [0]
-        small["suite"]["robustness"]["datasets"] = []
+        small["suite"]["robustness"].update(datasets=[], trained=[], concat=[])
         small["methods"]["trained"] = {m: w for m, w in params["methods"]["trained"].items() if m in ("supcon", "ce_ae")}
         small["methods"]["concat"] = {}
         small["datasets"]["digits"]["recipe"]["epochs"] = 1
