@@ -27,9 +27,12 @@ model bytes than one run with 2. The outputs equal a serial ``dvc repro`` run wi
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -80,10 +83,24 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
+def _die_with_parent() -> None:
+    """In the stage's process, before exec: get SIGTERM when the worker that started it dies (Linux's
+    PR_SET_PDEATHSIG), so that stopping the run (Ctrl-C, a killed worker) stops its stages too
+    instead of leaving them running unrecorded. A no-op where prctl is missing."""
+    import ctypes
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the worker ignores Ctrl-C (reproduce); a stage must not
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def execute(argv: Sequence[str], cwd: str, env: dict[str, str], log: str, gpus: Sequence[str] = ()) -> tuple[int, float]:
     """Run one stage command on a worker: ``(return code, seconds)``; its output goes to ``log``.
 
     With ``gpus`` (a local GPU node), the worker numbered k runs its stages on ``gpus[k % len]``.
+    The stage ends with its worker (:func:`_die_with_parent`).
     """
     env = dict(env)
     if gpus:
@@ -95,7 +112,8 @@ def execute(argv: Sequence[str], cwd: str, env: dict[str, str], log: str, gpus: 
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.run(list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None).returncode
     return code, time.perf_counter() - start
 
 
@@ -187,8 +205,18 @@ def reproduce(root: str | Path = ".", targets: Sequence[str] = (), *, workers: i
         cluster.scale(jobs=workers)
         client = Client(cluster)
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
+        # silence_logs: a Ctrl-C reaches the workers too, and Dask logs their lost heartbeats as
+        # errors with tracebacks; what a stage did is in its log and its future's result.
+        # The workers ignore SIGINT (inherited: Python keeps an ignored SIGINT ignored): on Ctrl-C this
+        # process stops them, and their stages (which restore it) stop themselves.
+        ignore = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.CRITICAL)
+        finally:
+            if ignore:
+                signal.signal(signal.SIGINT, previous)
         client = Client(cluster)
     # How many stages run at once: one per local worker, or the threads of a running cluster.
     capacity = workers if scheduler is None else max(1, sum(client.nthreads().values()))
@@ -313,9 +341,14 @@ def main(argv: Iterable[str] | None = None) -> int:
             return 0
     elif args.print_job_script:
         parser.error("--print-job-script needs --cluster")
-    summary = reproduce(".", args.targets, workers=args.workers, threads=args.threads, force=args.force,
-                        scheduler=args.scheduler, cluster=cluster,
-                        progress=sys.stderr.isatty())
+    try:
+        summary = reproduce(".", args.targets, workers=args.workers, threads=args.threads, force=args.force,
+                            scheduler=args.scheduler, cluster=cluster,
+                            progress=sys.stderr.isatty())
+    except KeyboardInterrupt:  # Ctrl-C: the workers and their stages are stopped (finally, PDEATHSIG)
+        print("interrupted: the stages that finished are recorded in dvc.lock; rerun to do the rest",
+              file=sys.stderr)
+        return 130
     if summary.failed:
         names = ", ".join(r.stage for r in summary.failed if r.status == "failed")
         print(f"error: failed: {names}; the stages that finished are recorded in dvc.lock, rerun to do the rest",

@@ -95,6 +95,32 @@ def test_a_failed_stage_leaves_the_finished_ones_recorded(tmp_path: Path) -> Non
     assert _status(project) == {}
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_every_stage_and_says_what_is_kept(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the foreground process group) ends the runner, its workers and their
+    stages within seconds, with one line and exit 130; nothing keeps running unrecorded."""
+    import signal
+    import time
+
+    project = copy_project(tmp_path / "interrupted", tiny_params(epochs=30, methods=("supcon", "ce_ae")))
+    cmd = [sys.executable, "-m", "pipeline.parallel", "--workers", "2", "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=project, env=_env(project), start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = project / "logs/stages/train@digits-supcon-0.log"
+    deadline = time.time() + 240
+    while not (log.is_file() and "digits seed 0" in log.read_text(errors="replace")) and time.time() < deadline:
+        time.sleep(1)  # until a train stage is under way
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: the stages that finished are recorded"), err
+    assert "Traceback" not in err, err
+    time.sleep(3)
+    alive = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert alive == [], f"still running in the run's process group: {alive}"
+    assert "train@digits-supcon-0" not in _lock(project)
+
+
 @pytest.mark.parametrize("kind, lines", [
     ("slurm", ["#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH --gres=gpu:1", "cd $SLURM_SUBMIT_DIR"]),
     ("pbs", ["#PBS -q gpu", "#PBS -l select=1:ncpus=8:ngpus=1:mem=64GB", "cd $PBS_O_WORKDIR"]),
