@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 LOG_DIR = Path("logs/stages")  # one log per stage command (not a DVC output)
+TIMINGS = LOG_DIR / "timings.json"  # the last run's per-stage status and seconds (not a DVC output)
 
 
 @dataclass
@@ -286,8 +287,18 @@ def reproduce(root: str | Path = ".", targets: Sequence[str] = (), *, workers: i
             cluster.close()
         repo.close()
     summary.seconds = time.perf_counter() - started
+    write_timings(summary, root / TIMINGS)
     echo(timing_table(summary))
     return summary
+
+
+def write_timings(summary: Summary, path: Path) -> None:
+    """Every stage's status and command seconds, and the run's totals, as JSON (atomically)."""
+    from pipeline.io import write_json
+
+    write_json(path, {"workers": summary.workers, "seconds": round(summary.seconds, 3),
+                      "stages": [{"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3)}
+                                 for r in summary.results]})
 
 
 def timing_table(summary: Summary, top: int = 15) -> str:

@@ -74,6 +74,9 @@ def test_parallel_run_equals_a_serial_dvc_repro(projects: tuple[Path, Path]) -> 
     assert sorted(files) == sorted(expected)
     assert [f for f in files if files[f] != expected[f]] == []
     assert _status(project) == {}
+    timings = json.loads((project / "logs/stages/timings.json").read_text())
+    assert sorted(t["stage"] for t in timings["stages"]) == sorted(_lock(serial))
+    assert all(t["status"] == "ran" and t["seconds"] > 0 for t in timings["stages"]) and timings["workers"] == 2
     again = _parallel(project)
     assert "9 unchanged" in again.stdout and "ran" not in again.stdout.splitlines()[-1], again.stdout
 
