@@ -100,12 +100,18 @@ def stages(params: dict, tflops: float) -> dict[str, Stage]:
     return out
 
 
-def tail_lengths(graph: dict[str, Stage]) -> dict[str, float]:
-    """For each stage, the longest path (hours) from its start to the end of the graph."""
+def downstream(graph: dict[str, Stage]) -> dict[str, list[str]]:
+    """For each stage, the stages that wait for it."""
     downs: dict[str, list[str]] = {n: [] for n in graph}
     for s in graph.values():
         for u in s.ups:
             downs[u].append(s.name)
+    return downs
+
+
+def tail_lengths(graph: dict[str, Stage]) -> dict[str, float]:
+    """For each stage, the longest path (hours) from its start to the end of the graph."""
+    downs = downstream(graph)
     memo: dict[str, float] = {}
 
     def tail(n: str) -> float:
@@ -120,10 +126,7 @@ def simulate(graph: dict[str, Stage], gpus: int) -> float:
     """Wall-clock hours of a list schedule on ``gpus`` workers (longest tail first)."""
     tails = tail_lengths(graph)
     waiting = {n: set(s.ups) for n, s in graph.items()}
-    downs: dict[str, list[str]] = {n: [] for n in graph}
-    for s in graph.values():
-        for u in s.ups:
-            downs[u].append(s.name)
+    downs = downstream(graph)
     ready = [(-tails[n], n) for n, ups in waiting.items() if not ups]
     heapq.heapify(ready)
     running: list[tuple[float, str]] = []

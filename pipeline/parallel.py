@@ -65,12 +65,6 @@ class Summary:
         return [r for r in self.results if r.status in ("failed", "skipped")]
 
 
-def default_workers() -> int:
-    """One worker per visible GPU, else one per CPU core."""
-    gpus = visible_gpus()
-    return len(gpus) if gpus else (os.cpu_count() or 1)
-
-
 def visible_gpus() -> list[str]:
     """The GPU ids this process may use (``CUDA_VISIBLE_DEVICES``, else what ``nvidia-smi`` lists)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
