@@ -112,6 +112,16 @@ def execute(argv: Sequence[str], cwd: str, env: dict[str, str], log: str, gpus: 
     return code, time.perf_counter() - start
 
 
+# A stage that ended by one of these signals was stopped, not broken: pipeline/cli.py turns them into
+# exit 128 + signum; a stage killed before its handler ran reports -signum.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def stopped_by_signal(code: int) -> bool:
+    """Whether a stage's exit ``code`` says it was stopped by Ctrl-C, SIGTERM or SIGHUP."""
+    return any(code in (128 + int(s), -int(s)) for s in _STOP_SIGNALS)
+
+
 def _tail(path: str, lines: int = 15) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -264,15 +274,21 @@ def reproduce(root: str | Path = ".", targets: Sequence[str] = (), *, workers: i
                     try:
                         code, seconds = future.result()
                     except Exception as err:  # the worker died (killed, out of memory)
-                        code, seconds = -1, 0.0
+                        code, seconds = None, 0.0
                         Path(log).parent.mkdir(parents=True, exist_ok=True)
                         with open(log, "a") as out:
                             out.write(f"\nworker lost: {type(err).__name__}: {err}\n")
                     if code == 0:
                         _record(stage)
                         finish(stage, StageResult(stage.addressing, "ran", seconds, log))
+                    elif code is not None and stopped_by_signal(code):
+                        # Ctrl-C reaches the stages too (one process group), and a stage may report
+                        # it before this process's own KeyboardInterrupt is raised: either way the
+                        # run was interrupted, not failed (the finally stops the other stages).
+                        raise KeyboardInterrupt
                     else:
-                        bar.write(f"stage {stage.addressing!r} failed (exit {code}); log {log}:\n{_tail(log)}")
+                        why = "its worker was lost" if code is None else f"exit {code}"
+                        bar.write(f"stage {stage.addressing!r} failed ({why}); log {log}:\n{_tail(log)}")
                         finish(stage, StageResult(stage.addressing, "failed", seconds, log))
             bar.close()
     finally:

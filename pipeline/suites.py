@@ -80,7 +80,8 @@ PAPER = Suite(
     # baseline): every stage group still runs for every dataset, in 73 stages (136 with every
     # method; the real suite, 3 seeds: 392). The untrained baseline is left out (18 stages, ~4
     # minutes of CI): its train path is the same stage with no epochs (tests/test_stages.py runs it end to end). A
-    # stage costs ~5 s of imports on a CPU whatever its data, so the stage count sets the runtime.
+    # stage costs 5-30 s of process start-up on a CPU (torch, torchvision, MLflow; more on a slow
+    # machine) whatever its data, so the stage count sets the runtime.
     smoke={"suite.smoke": True, "suite.seeds": [0], "suite.robustness.trained": ["supcon", "supcon_cnce", "ce_ae"]},
     smoke_methods=("supcon", "supcon_cnce", "ce_ae", "thanos"),
 )

@@ -98,6 +98,16 @@ def test_a_failed_stage_leaves_the_finished_ones_recorded(tmp_path: Path) -> Non
     assert _status(project) == {}
 
 
+def test_a_stage_stopped_by_a_signal_is_an_interruption_not_a_failure() -> None:
+    """Ctrl-C reaches the stages as well as the runner: a stage that reports it (exit 128 + signum,
+    pipeline/cli.py) or died of it (-signum) ends the run as interrupted (exit 130), even when its
+    exit reaches the runner before the runner's own KeyboardInterrupt. Other deaths are failures."""
+    from pipeline.parallel import stopped_by_signal
+
+    assert all(stopped_by_signal(code) for code in (130, 143, 129, -2, -15, -1))
+    assert not any(stopped_by_signal(code) for code in (0, 1, 2, 137, -9, -11))
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_every_stage_and_says_what_is_kept(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the foreground process group) ends the runner, its workers and their
