@@ -27,6 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE = ["pipeline", "stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 
+def shrink_to_tiny(project: Path) -> None:
+    """Rewrite ``project``'s params.yaml: 1 epoch, supcon and ce_ae, seed 0, digits only (9 stages)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    small = copy.deepcopy(params)
+    small["suite"]["seeds"] = [0]
+    small["suite"]["robustness"].update(datasets=[], trained=[], concat=[])
+    small["methods"]["trained"] = {m: w for m, w in params["methods"]["trained"].items() if m in ("supcon", "ce_ae")}
+    small["methods"]["concat"] = {}
+    small["datasets"]["digits"]["recipe"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
+
+
 def _copy(dest: Path, tiny: bool) -> Path:
     for name in CODE:
         src, dst = ROOT / name, dest / name
@@ -36,14 +48,7 @@ def _copy(dest: Path, tiny: bool) -> Path:
         else:
             shutil.copy2(src, dst)
     if tiny:
-        params = yaml.safe_load((dest / "params.yaml").read_text())
-        small = copy.deepcopy(params)
-        small["suite"]["seeds"] = [0]
-        small["suite"]["robustness"].update(datasets=[], trained=[], concat=[])
-        small["methods"]["trained"] = {m: w for m, w in params["methods"]["trained"].items() if m in ("supcon", "ce_ae")}
-        small["methods"]["concat"] = {}
-        small["datasets"]["digits"]["recipe"]["epochs"] = 1
-        (dest / "params.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
+        shrink_to_tiny(dest)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
 

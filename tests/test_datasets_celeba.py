@@ -140,3 +140,11 @@ def test_celeba_download_offline_explains_manual_placement(tmp_path: Path, monke
     assert "d32c9cbf5e040fd4025c592c306e6668" in message and f"http://127.0.0.1:{port}/download?id=" in message
     assert "ROOT/celeba/img_align_celeba.zip" in message and "00d2c5bc6d35e252742224ab0c1e8fcb" in message
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_celeba_file_list_is_torchvisions() -> None:
+    """Written out in pipeline/data/celeba.py so that the registry does not import torchvision."""
+    from torchvision.datasets import CelebA
+
+    assert celeba.FOLDER == CelebA.base_folder
+    assert [tuple(f) for f in celeba.FILE_LIST] == [tuple(f) for f in CelebA.file_list]

@@ -189,3 +189,16 @@ def test_cifar_download_offline_names_everything(tmp_path: Path, monkeypatch: py
         assert part in message
     assert (tmp_path / "cifar-100-python" / "meta").read_bytes() == b"placed earlier"  # kept
     assert Counter(p.name for p in tmp_path.iterdir()) == Counter(["cifar-100-python"])
+
+
+@pytest.mark.parametrize("ours, theirs", [("CIFAR10", "CIFAR10"), ("CIFAR100", "CIFAR100")])
+def test_cifar_release_facts_are_torchvisions(ours: str, theirs: str) -> None:
+    """The URL, archive md5, folder and per-file md5s written out in pipeline/data/cifar.py are
+    torchvision's own lists (they are copied so that the registry does not import torchvision)."""
+    import torchvision.datasets
+
+    mine, tv = getattr(cifar, ours), getattr(torchvision.datasets, theirs)
+    assert (mine.base_folder, mine.url, mine.filename, mine.tgz_md5) == (tv.base_folder, tv.url, tv.filename, tv.tgz_md5)
+    assert [list(f) for f in mine.train_list] == [list(f) for f in tv.train_list]
+    assert [list(f) for f in mine.test_list] == [list(f) for f in tv.test_list]
+    assert mine.meta == (tv.meta["filename"], tv.meta["md5"])

@@ -252,3 +252,19 @@ def test_decode_images_center_crops_resizes_and_names_bad_files(tmp_path: Path) 
     with pytest.raises(DatasetFileError, match="cannot decode image") as info:
         decode_images("toy", [broken], 16, LAYOUT)
     assert str(broken) in str(info.value)
+
+
+def test_looking_datasets_up_imports_neither_torchvision_nor_torch_dynamo() -> None:
+    """The validate, download and report stages read the dataset registry; importing torchvision
+    for it (its ops import torch._dynamo) cost every one of them seconds of start-up."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # (with what validate_job imports to check the names of every registry)
+    code = ("import sys; import pipeline.data.registry, pipeline.jobs.validate, pipeline.jobs.download, "
+            "pipeline.reports, pipeline.augment, pipeline.evaluation.george, pipeline.models; "
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -110,4 +110,6 @@ def test_mnist_remotes_are_torchvisions() -> None:
     from torchvision.datasets import MNIST
 
     assert [r.md5 for r in mnist.MNIST_REMOTES] == [md5 for _, md5 in MNIST.resources]
+    assert [list(r) for r in mnist.RESOURCES] == [list(r) for r in MNIST.resources]
+    assert list(mnist.MIRRORS) == list(MNIST.mirrors)
     assert all(len(r.urls) == len(MNIST.mirrors) for r in mnist.MNIST_REMOTES)

@@ -2,7 +2,7 @@
 
 On-disk layout is torchvision's: ``ROOT/celeba/img_align_celeba/*.jpg`` (or the official
 ``img_align_celeba.zip`` beside it, extracted safely on download), ``list_eval_partition.txt``
-and ``list_attr_celeba.txt``. File ids and md5s come from torchvision's ``CelebA.file_list``;
+and ``list_attr_celeba.txt``. File ids and md5s are torchvision's ``CelebA.file_list``;
 the two text files are always md5-checked, and every listed JPEG is decoded.
 Splits are the official partition (0/1/2 = train/val/test); group = 2 * y + attribute.
 """
@@ -13,20 +13,29 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import CelebA
 
 from pipeline.data.download import DatasetFileError, RemoteFile, fetch, safe_extract, verify_md5s
 from pipeline.data.images import decode_images
 from pipeline.data.labels import group_labels
 from pipeline.data.records import SPLITS, WORST_GROUP, Records, Split
 
-FOLDER = CelebA.base_folder  # "celeba"
+FOLDER = "celeba"  # torchvision's CelebA.base_folder
 IMAGES = "img_align_celeba"
 PARTITION = "list_eval_partition.txt"
 ATTRIBUTES = "list_attr_celeba.txt"
 ZIP = "img_align_celeba.zip"
 TARGET, SPURIOUS = "Blond_Hair", "Male"
-_FILES = {name: (file_id, md5) for file_id, md5, name in CelebA.file_list}
+# torchvision's CelebA.file_list (Google Drive id, md5, name; tests/test_datasets_celeba.py checks
+# it against that list), written out so that looking a dataset up does not import torchvision.
+FILE_LIST = (
+    ("0B7EVK8r0v71pZjFTYXZWM3FlRnM", "00d2c5bc6d35e252742224ab0c1e8fcb", "img_align_celeba.zip"),
+    ("0B7EVK8r0v71pblRyaVFSWGxPY0U", "75e246fa4810816ffd6ee81facbd244c", "list_attr_celeba.txt"),
+    ("1_ee_0u7vcNLOfNLegJRHmolfH5ICW-XS", "32bd1bd63d3c78cd57e08160ec5ed1e2", "identity_CelebA.txt"),
+    ("0B7EVK8r0v71pbThiMVRxWXZ4dU0", "00566efa6fedff7a56946cd1c10f1c16", "list_bbox_celeba.txt"),
+    ("0B7EVK8r0v71pd0FJY3Blby1HUTQ", "cc24ecafdb5b50baae59b03474781f8c", "list_landmarks_align_celeba.txt"),
+    ("0B7EVK8r0v71pY0NSMzRuSXJEVkk", "d32c9cbf5e040fd4025c592c306e6668", "list_eval_partition.txt"),
+)
+_FILES = {name: (file_id, md5) for file_id, md5, name in FILE_LIST}
 CELEBA_MD5 = {f"{FOLDER}/{name}": _FILES[name][1] for name in (PARTITION, ATTRIBUTES)}
 
 

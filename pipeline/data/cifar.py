@@ -1,8 +1,10 @@
 """CIFAR-10, CIFAR-100 and CIFAR-100-U from the official python pickles (METHOD.md section 5).
 
 On-disk layout is torchvision's: ``ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch,
-batches.meta}`` and ``ROOT/cifar-100-python/{train, test, meta}``. URLs and md5s are taken
-from torchvision's own dataset classes, so they are checked against the same lists.
+batches.meta}`` and ``ROOT/cifar-100-python/{train, test, meta}``. URLs and md5s are those of
+torchvision's ``CIFAR10`` / ``CIFAR100`` classes (tests/test_datasets_cifar.py checks them
+against those lists), written out here so that looking a dataset up does not import torchvision
+(seconds of start-up, torch._dynamo included, for every stage that reads the registry).
 
 - CIFAR-10: coarse = vehicle {airplane, automobile, ship, truck} (0) vs animal (1); fine = 10.
 - CIFAR-100: coarse = the 20 superclasses stored in the pickles; fine = 100 classes.
@@ -18,10 +20,10 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import CIFAR10, CIFAR100
 
 from pipeline.data.download import (
     DatasetFileError,
@@ -46,13 +48,41 @@ CIFAR100U_MAPS = CoarseMaps("cifar100u", n_fine=100, default=SUPERCLASSES, own=(
 CIFAR100U_COUNTS = (500, 250, 100, 50, 50)
 
 
-def _checksums(cls: type[CIFAR10]) -> dict[str, str]:
-    files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
-    return {f"{cls.base_folder}/{name}": md5 for name, md5 in files}
+@dataclass(frozen=True)
+class _Official:
+    """One CIFAR release as torchvision's dataset class describes it."""
+
+    base_folder: str
+    url: str
+    tgz_md5: str
+    train_list: tuple[tuple[str, str], ...]  # (file, md5)
+    test_list: tuple[tuple[str, str], ...]
+    meta: tuple[str, str]
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+    def checksums(self) -> dict[str, str]:
+        return {f"{self.base_folder}/{name}": md5 for name, md5 in (*self.train_list, *self.test_list, self.meta)}
 
 
-CIFAR10_MD5 = _checksums(CIFAR10)
-CIFAR100_MD5 = _checksums(CIFAR100)
+CIFAR10 = _Official(
+    "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+    train_list=(("data_batch_1", "c99cafc152244af753f735de768cd75f"), ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"), ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb")),
+    test_list=(("test_batch", "40351d587109b95175f43aff81a1287e"),),
+    meta=("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"),
+)
+CIFAR100 = _Official(
+    "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+    train_list=(("train", "16019d7e3df5f24257cddd939b257f8d"),),
+    test_list=(("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
+    meta=("meta", "7973b15100ade9c7d40fb424638fde48"),
+)
+CIFAR10_MD5 = CIFAR10.checksums()
+CIFAR100_MD5 = CIFAR100.checksums()
 CIFAR10_REMOTE = RemoteFile(CIFAR10.filename, (CIFAR10.url,), CIFAR10.tgz_md5)
 CIFAR100_REMOTE = RemoteFile(CIFAR100.filename, (CIFAR100.url,), CIFAR100.tgz_md5)
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import MNIST
 
 from pipeline.data.download import DatasetFileError, RemoteFile, fetch, verify_md5s
 from pipeline.data.labels import HALVES, CoarseMaps
@@ -24,9 +23,18 @@ from pipeline.data.records import COARSE_TO_FINE, Records, Split
 from pipeline.data.splits import holdout_split
 
 RAW = "MNIST/raw"
-MNIST_MD5 = {f"{RAW}/{name}": md5 for name, md5 in MNIST.resources}
+# torchvision's MNIST.mirrors and MNIST.resources (tests/test_datasets_mnist.py checks them against
+# those lists), written out so that looking a dataset up does not import torchvision.
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+RESOURCES = (
+    ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+    ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+)
+MNIST_MD5 = {f"{RAW}/{name}": md5 for name, md5 in RESOURCES}
 MNIST_REMOTES = tuple(
-    RemoteFile(f"{RAW}/{name}", tuple(mirror + name for mirror in MNIST.mirrors), md5) for name, md5 in MNIST.resources
+    RemoteFile(f"{RAW}/{name}", tuple(mirror + name for mirror in MIRRORS), md5) for name, md5 in RESOURCES
 )
 COARSE_MAPS = CoarseMaps("mnist", n_fine=10, default=HALVES)
 MNIST_LAYOUT = """\
