@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -39,14 +41,23 @@ def shrink_to_tiny(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
 
 
-def _copy(dest: Path, tiny: bool) -> Path:
-    for name in CODE:
-        src, dst = ROOT / name, dest / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
+def _copy(dest: Path, tiny: bool, rev: str | None = None) -> Path:
+    """The project files (of the working tree, or of git revision ``rev``) in a fresh git
+    repository at ``dest``; with ``tiny``, :func:`shrink_to_tiny` params."""
+    if rev is None:
+        for name in CODE:
+            src, dst = ROOT / name, dest / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, dst)
+    else:
+        archive = subprocess.run(["git", "archive", "--format=tar", rev, *CODE], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        dest.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(dest, filter="data")
     if tiny:
         shrink_to_tiny(dest)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)

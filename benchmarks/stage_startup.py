@@ -14,43 +14,18 @@ Measure on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import subprocess
 import sys
-import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from parallel_speed import CODE, ROOT, _copy, shrink_to_tiny  # noqa: E402
-
-
-def _export(rev: str, dest: Path) -> Path:
-    """The project files of git revision ``rev``, tiny params, in a fresh git repository at ``dest``."""
-    archive = subprocess.run(["git", "archive", "--format=tar", rev, *CODE], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    dest.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(dest, filter="data")
-    shrink_to_tiny(dest)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    return dest
+from parallel_speed import _copy, _timed  # noqa: E402
 
 
 def stage_seconds(project: Path) -> tuple[dict[str, float], float]:
     """Run the project's pipeline one stage at a time: ({stage: command seconds}, wall-clock)."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(project))  # this copy's code, not the installed project's
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "pipeline.parallel", "--workers", "1", "--threads", "1"],
-                         cwd=project, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"the pipeline failed in {project}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    wall = _timed([sys.executable, "-m", "pipeline.parallel", "--workers", "1", "--threads", "1"], project, threads=1)
     timings = json.loads((project / "logs/stages/timings.json").read_text())
     return {t["stage"]: t["seconds"] for t in timings["stages"] if t["status"] == "ran"}, wall
 
@@ -61,8 +36,8 @@ def main() -> int:
     parser.add_argument("--after", help="git revision of the code after (default: the working tree)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="stage-startup-") as tmp:
-        before = _export(args.before, Path(tmp) / "before")
-        after = _export(args.after, Path(tmp) / "after") if args.after else _copy(Path(tmp) / "after", tiny=True)
+        before = _copy(Path(tmp) / "before", tiny=True, rev=args.before)
+        after = _copy(Path(tmp) / "after", tiny=True, rev=args.after)
         (b, b_wall), (a, a_wall) = stage_seconds(before), stage_seconds(after)
     width = max(len(s) for s in b)
     print(f"tiny project, one stage at a time, 1 thread; before {args.before}, after {args.after or 'working tree'}")
